@@ -370,16 +370,12 @@ impl CertificateAuthority {
             )
         })?;
         let (not_before, not_after) = self.validity_window(options.backdate, options.validity)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, device.as_str());
-        if let Some(org) = &options.organization {
-            dn.push(DnType::OrganizationName, org.as_str());
-        }
-        params.distinguished_name = dn;
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.serial_number = Some(random_serial()?);
+        let mut params = base_params(
+            device.as_str(),
+            options.organization.as_deref(),
+            not_before,
+            not_after,
+        )?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -432,21 +428,37 @@ fn ca_params(
     if options.validity.is_zero() {
         return Err(Error::invalid("validity", "must be longer than zero"));
     }
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, options.common_name.as_str());
-    if let Some(org) = &options.organization {
-        dn.push(DnType::OrganizationName, org.as_str());
-    }
-    params.distinguished_name = dn;
-    params.not_before = not_before;
-    params.not_after = not_after;
-    params.serial_number = Some(random_serial()?);
+    let mut params = base_params(
+        &options.common_name,
+        options.organization.as_deref(),
+        not_before,
+        not_after,
+    )?;
     params.is_ca = IsCa::Ca(match path_len {
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
     });
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+/// Subject (CN, optional O), validity and a fresh serial: what every certificate gets.
+fn base_params(
+    common_name: &str,
+    organization: Option<&str>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if let Some(org) = organization {
+        dn.push(DnType::OrganizationName, org);
+    }
+    params.distinguished_name = dn;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(random_serial()?);
     Ok(params)
 }
 
