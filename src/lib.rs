@@ -7,7 +7,7 @@
 //! with backends per cloud and a local hub for offline tests (see the README for what exists
 //! today).
 //!
-//! This release holds the foundation every other part stands on:
+//! What exists today:
 //!
 //! - [`identity`]: validated [`DeviceId`](identity::DeviceId)s; private keys behind the
 //!   [`Signer`](identity::Signer) trait (software P-256 and RSA now, HSM/TPM later) with
@@ -16,6 +16,12 @@
 //!   [`CredentialStore`](identity::CredentialStore).
 //! - [`pki`]: CA hierarchies, device certificates from public keys or CSRs, chain verification,
 //!   CRLs, inspection and fingerprints — all interoperable with openssl.
+//! - [`policy`]: a portable, AWS IoT policy compatible authorization engine — compiled
+//!   policies with variables, thing-group inheritance, AWS semantics (explicit deny wins), a
+//!   readable explanation of every decision, built-in Azure/GCP-style device policies, and an
+//!   offline audit of Device Defender's policy checks.
+//! - [`auth`]: ES256 JWTs minted with any [`Signer`](identity::Signer) and verified by the
+//!   rules of RFC 8725; a verified token's scopes select policies for users and applications.
 //!
 //! ## Crypto provider
 //!
@@ -54,9 +60,11 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, rustdoc::broken_intra_doc_links)]
 
+pub mod auth;
 mod error;
 mod fsutil;
 pub mod identity;
 pub mod pki;
+pub mod policy;
 
 pub use error::{Error, Result};
