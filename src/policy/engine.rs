@@ -326,6 +326,8 @@ pub struct PolicyEngine {
     arn_prefix: Arc<str>,
     policies: HashMap<String, StoredPolicy>,
     attachments: HashMap<AttachTarget, Vec<String>>,
+    /// The reverse index: policy name → what it is attached to (keeps delete O(targets)).
+    targets: HashMap<String, HashSet<AttachTarget>>,
     group_parents: HashMap<String, String>,
     generation: u64,
 }
@@ -356,6 +358,7 @@ impl PolicyEngine {
             partition,
             policies: HashMap::new(),
             attachments: HashMap::new(),
+            targets: HashMap::new(),
             group_parents: HashMap::new(),
             generation: 0,
         }
@@ -475,9 +478,13 @@ impl PolicyEngine {
         if !self.policies.contains_key(name) {
             return Err(policy_not_found(name));
         }
-        let list = self.attachments.entry(target).or_default();
+        let list = self.attachments.entry(target.clone()).or_default();
         if !list.iter().any(|n| n == name) {
             list.push(name.to_string());
+            self.targets
+                .entry(name.to_string())
+                .or_default()
+                .insert(target);
             self.generation += 1;
         }
         Ok(())
@@ -503,6 +510,12 @@ impl PolicyEngine {
         if list.is_empty() {
             self.attachments.remove(target);
         }
+        if let Some(set) = self.targets.get_mut(name) {
+            set.remove(target);
+            if set.is_empty() {
+                self.targets.remove(name);
+            }
+        }
         self.generation += 1;
         Ok(())
     }
@@ -510,11 +523,10 @@ impl PolicyEngine {
     /// Everything `name` is attached to.
     pub fn targets_of(&self, name: &str) -> Vec<AttachTarget> {
         let mut targets: Vec<AttachTarget> = self
-            .attachments
-            .iter()
-            .filter(|(_, names)| names.iter().any(|n| n == name))
-            .map(|(t, _)| t.clone())
-            .collect();
+            .targets
+            .get(name)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
         targets.sort_by_key(|t| t.to_string());
         targets
     }
