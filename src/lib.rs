@@ -64,6 +64,8 @@ pub mod auth;
 mod error;
 mod fsutil;
 pub mod identity;
+#[cfg(feature = "local")]
+pub mod local;
 pub mod pki;
 pub mod policy;
 

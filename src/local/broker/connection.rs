@@ -1,0 +1,619 @@
+//! One client connection: CONNECT, authentication and authorization, then the packet loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use super::topic::{validate_topic_filter, validate_topic_name};
+use super::{ConnectionEntry, Delivery, Session};
+use crate::local::hub::{HubEvent, Shared};
+use crate::pki::Certificate;
+use crate::policy::{ConnectAttributes, Principal, Request};
+
+/// Why a connection ended (also reported as an event).
+#[derive(Debug)]
+pub(crate) enum Closed {
+    Disconnect,
+    Io(String),
+    Protocol(String),
+    KeepAlive,
+    Killed,
+    Denied(String),
+    Shutdown,
+}
+
+impl Closed {
+    fn abnormal(&self) -> bool {
+        !matches!(self, Closed::Disconnect | Closed::Shutdown)
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Closed::Disconnect => "client sent DISCONNECT".into(),
+            Closed::Io(e) => format!("I/O: {e}"),
+            Closed::Protocol(e) => format!("protocol violation: {e}"),
+            Closed::KeepAlive => "keep-alive expired".into(),
+            Closed::Killed => "closed by the hub (credential or device status changed, or the client id was taken over)".into(),
+            Closed::Denied(e) => format!("not authorized: {e}"),
+            Closed::Shutdown => "hub shut down".into(),
+        }
+    }
+}
+
+struct Io<S> {
+    stream: S,
+    read: BytesMut,
+    write: BytesMut,
+    max: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    /// Reads the next packet. `Ok(None)` on a clean end of stream.
+    async fn next(&mut self) -> Result<Option<Packet>, Closed> {
+        loop {
+            match Packet::read(&mut self.read, self.max) {
+                Ok(packet) => return Ok(Some(packet)),
+                Err(CodecError::InsufficientBytes(_)) => {}
+                Err(e) => return Err(Closed::Protocol(e.to_string())),
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.read)
+                .await
+                .map_err(|e| Closed::Io(e.to_string()))?;
+            if n == 0 {
+                return if self.read.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Closed::Protocol("connection closed mid-packet".into()))
+                };
+            }
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), Closed> {
+        self.write.clear();
+        packet
+            .write(&mut self.write, usize::MAX)
+            .map_err(|e| Closed::Protocol(e.to_string()))?;
+        self.stream
+            .write_all(&self.write)
+            .await
+            .map_err(|e| Closed::Io(e.to_string()))?;
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| Closed::Io(e.to_string()))
+    }
+}
+
+fn to_qos(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+fn from_qos(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+/// Serves one connection until it ends. `chain` is the client's certificate chain (leaf first).
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, chain: Vec<Certificate>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut io = Io {
+        stream,
+        read: BytesMut::with_capacity(4096),
+        write: BytesMut::with_capacity(4096),
+        max: shared.limits.max_packet_size,
+    };
+    let connect = match tokio::time::timeout(shared.limits.connect_timeout, io.next()).await {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(_))) => return, // first packet must be CONNECT: close silently (MQTT-3.1.0-1)
+        _ => return,
+    };
+    let Some(leaf) = chain.first() else {
+        shared.event(HubEvent::AuthFailure {
+            client_id: connect.client_id.clone(),
+            reason: "no client certificate".into(),
+        });
+        let _ = io
+            .send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::NotAuthorized,
+                false,
+            )))
+            .await;
+        return;
+    };
+    // Authentication: the certificate must be registered, active, for an enabled device.
+    let admitted = {
+        let registry = shared.registry.read().expect("registry lock");
+        registry.admit(leaf).map(|record| {
+            let mut ctx = registry.principal_context(record, &connect.client_id);
+            ctx.connect = ConnectAttributes {
+                persistent_session: !connect.clean_session,
+                last_will: connect.last_will.is_some(),
+            };
+            (
+                record.device.clone(),
+                record.id.clone(),
+                Arc::new(registry.policies().principal(ctx)),
+            )
+        })
+    };
+    let (device, cert_id, principal) = match admitted {
+        Ok(v) => v,
+        Err(e) => {
+            shared.event(HubEvent::AuthFailure {
+                client_id: connect.client_id.clone(),
+                reason: e.to_string(),
+            });
+            let _ = io
+                .send(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::NotAuthorized,
+                    false,
+                )))
+                .await;
+            return;
+        }
+    };
+    let client_id = connect.client_id.clone();
+    if client_id.is_empty() {
+        let _ = io
+            .send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::BadClientId,
+                false,
+            )))
+            .await;
+        return;
+    }
+    // Authorization of the connection itself, and of the will it leaves behind.
+    let mut denial = None;
+    let decision = principal.authorize(&Request::connect(&client_id));
+    if !decision.is_allowed() {
+        denial = Some(decision.to_string());
+    } else if let Some(will) = &connect.last_will {
+        if validate_topic_name(&will.topic).is_err() || will.topic.starts_with('$') {
+            denial = Some(format!("invalid will topic {:?}", will.topic));
+        } else {
+            let d = principal.authorize(&Request::publish(&will.topic));
+            if !d.is_allowed() {
+                denial = Some(format!("last will: {d}"));
+            }
+        }
+    }
+    if let Some(reason) = denial {
+        shared.event(HubEvent::PolicyDenied {
+            client_id: client_id.clone(),
+            explanation: reason,
+        });
+        let _ = io
+            .send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::NotAuthorized,
+                false,
+            )))
+            .await;
+        return;
+    }
+    let will = connect.last_will.clone();
+    let keep_alive = match connect.keep_alive {
+        0 => None,
+        k => Some(Duration::from_secs(u64::from(k.clamp(
+            shared.limits.min_keep_alive,
+            shared.limits.max_keep_alive,
+        )))),
+    };
+
+    // Take over the session (closing any connection that holds the same client id).
+    let conn_id = shared.next_connection_id();
+    let kill = Arc::new(Notify::new());
+    let (tx, mut rx) = mpsc::channel::<Delivery>(shared.limits.client_queue);
+    let (session_present, mut backlog) = {
+        let mut state = shared.broker.lock().expect("broker lock");
+        let previous = state
+            .sessions
+            .get(&client_id)
+            .and_then(|s| s.live.as_ref().map(|(id, _)| *id));
+        if let Some(old) = previous
+            && let Some(entry) = state.connections.get(&old)
+        {
+            entry.kill.notify_one();
+        }
+        if connect.clean_session {
+            state.subscriptions.remove_key(&client_id);
+            state.sessions.remove(&client_id);
+        }
+        let present = state.sessions.contains_key(&client_id);
+        let session = state
+            .sessions
+            .entry(client_id.clone())
+            .or_insert_with(|| Session {
+                live: None,
+                persistent: !connect.clean_session,
+                pending: Default::default(),
+                principal: principal.clone(),
+            });
+        session.live = Some((conn_id, tx.clone()));
+        session.persistent = !connect.clean_session;
+        session.principal = principal.clone();
+        let backlog: Vec<Delivery> = session.pending.drain(..).collect();
+        state.connections.insert(
+            conn_id,
+            ConnectionEntry {
+                client_id: client_id.clone(),
+                device: device.clone(),
+                cert_id: cert_id.clone(),
+                issuers: chain.iter().map(|c| c.issuer_der().to_vec()).collect(),
+                kill: kill.clone(),
+            },
+        );
+        (present, backlog)
+    };
+    if io
+        .send(Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            session_present,
+        )))
+        .await
+        .is_err()
+    {
+        finish(
+            &shared,
+            conn_id,
+            &client_id,
+            None,
+            Vec::new(),
+            &Closed::Io("CONNACK".into()),
+        );
+        return;
+    }
+    shared.event(HubEvent::Connected {
+        client_id: client_id.clone(),
+        device: device.clone(),
+        session_present,
+    });
+
+    let mut conn = Conn {
+        shared: shared.clone(),
+        client_id: client_id.clone(),
+        principal,
+        generation: shared.policy_generation(),
+        inflight: Vec::new(),
+        next_pkid: 1,
+    };
+    // Redeliver what the session kept, oldest first.
+    backlog.reverse();
+    let outcome = 'outer: loop {
+        // Fill the in-flight window from the backlog, then from the live channel.
+        while conn.inflight.len() < shared.limits.inflight_window {
+            let next = match backlog.pop() {
+                Some(d) => Some(d),
+                None => rx.try_recv().ok(),
+            };
+            let Some(d) = next else { break };
+            if let Err(e) = conn.send_delivery(&mut io, d).await {
+                break 'outer e;
+            }
+        }
+        let deadline = keep_alive.map(|k| Instant::now() + k.mul_f32(1.5));
+        let room = conn.inflight.len() < shared.limits.inflight_window;
+        tokio::select! {
+            packet = io.next() => match packet {
+                Ok(Some(packet)) => {
+                    if let Err(e) = conn.handle(&mut io, packet).await {
+                        break e;
+                    }
+                }
+                Ok(None) => break Closed::Io("connection closed without DISCONNECT".into()),
+                Err(e) => break e,
+            },
+            Some(d) = rx.recv(), if room => {
+                if let Err(e) = conn.send_delivery(&mut io, d).await {
+                    break e;
+                }
+            }
+            _ = kill.notified() => break Closed::Killed,
+            _ = shared.shutdown.notified() => break Closed::Shutdown,
+            _ = sleep_until(deadline) => break Closed::KeepAlive,
+        }
+    };
+    // Whatever was sent and not acknowledged, or still queued, goes back to the session.
+    let mut unacked: Vec<Delivery> = conn
+        .inflight
+        .drain(..)
+        .map(|(_, mut d)| {
+            d.dup = true;
+            d
+        })
+        .collect();
+    unacked.extend(backlog.into_iter().rev());
+    rx.close();
+    while let Ok(d) = rx.try_recv() {
+        unacked.push(d);
+    }
+    let will = if outcome.abnormal() { will } else { None };
+    finish(&shared, conn_id, &client_id, will, unacked, &outcome);
+    let _ = io.stream.shutdown().await;
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Unregisters the connection, keeps a persistent session's messages, publishes the will.
+fn finish(
+    shared: &Shared,
+    conn_id: u64,
+    client_id: &str,
+    will: Option<rumqttc::mqttbytes::v4::LastWill>,
+    unacked: Vec<Delivery>,
+    outcome: &Closed,
+) {
+    {
+        let mut state = shared.broker.lock().expect("broker lock");
+        state.connections.remove(&conn_id);
+        let mut drop_session = false;
+        if let Some(session) = state.sessions.get_mut(client_id)
+            && session.live.as_ref().map(|(id, _)| *id) == Some(conn_id)
+        {
+            session.live = None;
+            if session.persistent {
+                for d in unacked.into_iter().filter(|d| d.qos == 1) {
+                    if session.pending.len() < shared.limits.offline_queue {
+                        session.pending.push_back(d);
+                    }
+                }
+            } else {
+                drop_session = true;
+            }
+        }
+        if drop_session {
+            state.sessions.remove(client_id);
+            state.subscriptions.remove_key(&client_id.to_string());
+        }
+        if let Some(will) = will {
+            let payload = will.message.clone();
+            let qos = from_qos(will.qos).min(1);
+            if will.retain {
+                state.retain(&will.topic, &payload, qos);
+            }
+            let limits = shared.limits.clone();
+            state.route(
+                &will.topic,
+                &payload,
+                qos,
+                &limits,
+                |client, explanation| {
+                    shared.event(HubEvent::PolicyDenied {
+                        client_id: client.to_string(),
+                        explanation,
+                    })
+                },
+            );
+        }
+    }
+    shared.event(HubEvent::Disconnected {
+        client_id: client_id.to_string(),
+        reason: outcome.describe(),
+    });
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    client_id: String,
+    principal: Arc<Principal>,
+    generation: u64,
+    /// Sent QoS 1 deliveries awaiting PUBACK, by packet id.
+    inflight: Vec<(u16, Delivery)>,
+    next_pkid: u16,
+}
+
+impl Conn {
+    /// The principal, re-resolved if policies changed since it was made.
+    fn principal(&mut self) -> Arc<Principal> {
+        let generation = self.shared.policy_generation();
+        if generation != self.generation {
+            let registry = self.shared.registry.read().expect("registry lock");
+            let fresh = registry
+                .policies()
+                .principal(self.principal.context().clone());
+            drop(registry);
+            self.principal = Arc::new(fresh);
+            self.generation = generation;
+            let mut state = self.shared.broker.lock().expect("broker lock");
+            if let Some(session) = state.sessions.get_mut(&self.client_id) {
+                session.principal = self.principal.clone();
+            }
+        }
+        self.principal.clone()
+    }
+
+    fn deny(&self, explanation: String) {
+        self.shared.event(HubEvent::PolicyDenied {
+            client_id: self.client_id.clone(),
+            explanation,
+        });
+    }
+
+    async fn send_delivery<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        d: Delivery,
+    ) -> Result<(), Closed> {
+        let mut publish =
+            Publish::from_bytes(d.topic.to_string(), to_qos(d.qos), d.payload.clone());
+        publish.retain = d.retain;
+        if d.qos == 1 {
+            let pkid = self.allocate_pkid();
+            publish.pkid = pkid;
+            publish.dup = d.dup;
+            self.inflight.push((pkid, d));
+        }
+        io.send(Packet::Publish(publish)).await
+    }
+
+    fn allocate_pkid(&mut self) -> u16 {
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.inflight.iter().any(|(p, _)| *p == id) {
+                return id;
+            }
+        }
+    }
+
+    async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        packet: Packet,
+    ) -> Result<(), Closed> {
+        match packet {
+            Packet::Publish(p) => self.publish(io, p).await,
+            Packet::PubAck(ack) => {
+                self.inflight.retain(|(id, _)| *id != ack.pkid);
+                Ok(())
+            }
+            Packet::Subscribe(sub) => {
+                let principal = self.principal();
+                let mut codes = Vec::with_capacity(sub.filters.len());
+                let mut granted = Vec::new();
+                for f in &sub.filters {
+                    if validate_topic_filter(&f.path).is_err() {
+                        codes.push(SubscribeReasonCode::Failure);
+                        continue;
+                    }
+                    let decision = principal.authorize(&Request::subscribe(&f.path));
+                    if !decision.is_allowed() {
+                        self.deny(decision.to_string());
+                        codes.push(SubscribeReasonCode::Failure);
+                        continue;
+                    }
+                    // QoS 2 is granted as 1: the hub, like the clouds, does not do exactly-once.
+                    let qos = from_qos(f.qos).min(1);
+                    codes.push(SubscribeReasonCode::Success(to_qos(qos)));
+                    granted.push((f.path.clone(), qos));
+                }
+                let retained = {
+                    let mut state = self.shared.broker.lock().expect("broker lock");
+                    let mut retained = Vec::new();
+                    for (filter, qos) in &granted {
+                        state
+                            .subscriptions
+                            .subscribe(filter, self.client_id.clone(), *qos);
+                        for (topic, (payload, rqos)) in &state.retained {
+                            if super::topic::filter_matches(filter, topic)
+                                && principal.authorize(&Request::receive(topic)).is_allowed()
+                            {
+                                retained.push(Delivery {
+                                    topic: Arc::from(topic.as_str()),
+                                    payload: payload.clone(),
+                                    qos: (*rqos).min(*qos),
+                                    retain: true,
+                                    dup: false,
+                                });
+                            }
+                        }
+                    }
+                    retained
+                };
+                io.send(Packet::SubAck(SubAck::new(sub.pkid, codes)))
+                    .await?;
+                for d in retained {
+                    self.send_delivery(io, d).await?;
+                }
+                Ok(())
+            }
+            Packet::Unsubscribe(unsub) => {
+                {
+                    let mut state = self.shared.broker.lock().expect("broker lock");
+                    for t in &unsub.topics {
+                        state.subscriptions.unsubscribe(t, &self.client_id);
+                    }
+                }
+                io.send(Packet::UnsubAck(UnsubAck::new(unsub.pkid))).await
+            }
+            Packet::PingReq => io.send(Packet::PingResp).await,
+            Packet::Disconnect => Err(Closed::Disconnect),
+            Packet::Connect(_) => Err(Closed::Protocol("second CONNECT".into())),
+            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+                Err(Closed::Protocol("QoS 2 is not supported".into()))
+            }
+            other => Err(Closed::Protocol(format!(
+                "unexpected packet from a client: {other:?}"
+            ))),
+        }
+    }
+
+    async fn publish<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        p: Publish,
+    ) -> Result<(), Closed> {
+        if p.qos == QoS::ExactlyOnce {
+            return Err(Closed::Protocol(
+                "QoS 2 publish (not supported: connection closed, as Azure and GCP do)".into(),
+            ));
+        }
+        if let Err(e) = validate_topic_name(&p.topic) {
+            return Err(Closed::Protocol(format!(
+                "invalid topic {:?}: {e}",
+                p.topic
+            )));
+        }
+        if p.topic.starts_with('$') {
+            return Err(Closed::Protocol(format!(
+                "publish to reserved topic {:?}, which no service of this dialect owns",
+                p.topic
+            )));
+        }
+        let principal = self.principal();
+        let mut decision = principal.authorize(&Request::publish(&p.topic));
+        if decision.is_allowed() && p.retain {
+            decision = principal.authorize(&Request::retain_publish(&p.topic));
+        }
+        if !decision.is_allowed() {
+            let explanation = decision.to_string();
+            self.deny(explanation.clone());
+            // Native dialect: an unauthorized publish closes the connection (AWS does the same).
+            return Err(Closed::Denied(explanation));
+        }
+        let qos = from_qos(p.qos);
+        let payload: Bytes = p.payload.clone();
+        {
+            let mut state = self.shared.broker.lock().expect("broker lock");
+            if p.retain {
+                state.retain(&p.topic, &payload, qos);
+            }
+            let limits = self.shared.limits.clone();
+            let shared = self.shared.clone();
+            state.route(&p.topic, &payload, qos, &limits, |client, explanation| {
+                shared.event(HubEvent::PolicyDenied {
+                    client_id: client.to_string(),
+                    explanation,
+                })
+            });
+        }
+        if qos == 1 {
+            io.send(Packet::PubAck(PubAck::new(p.pkid))).await?;
+        }
+        Ok(())
+    }
+}

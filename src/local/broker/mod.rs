@@ -1,0 +1,179 @@
+//! The MQTT broker core: sessions, subscriptions, retained messages, routing.
+//!
+//! One [`BrokerState`] behind a mutex holds what connections share; each connection is a task
+//! ([`connection`]) that owns its socket. Routing authorizes every delivery (`iot:Receive`) with
+//! the subscriber's principal, and every queue is bounded.
+
+pub(crate) mod connection;
+pub(crate) mod topic;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use crate::policy::{Principal, Request};
+use topic::SubscriptionTable;
+
+/// Limits the broker enforces (per dialect; these are the native dialect's defaults).
+#[non_exhaustive]
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest MQTT packet accepted, in bytes (AWS: 128 KiB payload).
+    pub max_packet_size: usize,
+    /// QoS 1 messages sent to a client and not yet acknowledged.
+    pub inflight_window: usize,
+    /// Messages waiting for a connected client (beyond that, QoS 0 is dropped and QoS 1 too,
+    /// with an event: memory never grows without bound).
+    pub client_queue: usize,
+    /// QoS 1 messages kept for a disconnected persistent session.
+    pub offline_queue: usize,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: std::time::Duration,
+    /// Keep-alive values below this are raised to it (AWS: 30 s); 0 keeps "no keep-alive".
+    pub min_keep_alive: u16,
+    /// Largest keep-alive accepted (AWS: 1200 s).
+    pub max_keep_alive: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 128 * 1024 + 1024,
+            inflight_window: 32,
+            client_queue: 1024,
+            offline_queue: 1000,
+            connect_timeout: std::time::Duration::from_secs(10),
+            min_keep_alive: 1,
+            max_keep_alive: 1200,
+        }
+    }
+}
+
+/// A message on its way to one subscriber.
+#[derive(Clone, Debug)]
+pub(crate) struct Delivery {
+    pub(crate) topic: Arc<str>,
+    pub(crate) payload: Bytes,
+    /// 0 or 1.
+    pub(crate) qos: u8,
+    pub(crate) retain: bool,
+    /// Redelivery of a message sent before (sets DUP).
+    pub(crate) dup: bool,
+}
+
+/// A live connection's handle, as the broker sees it.
+pub(crate) struct ConnectionEntry {
+    pub(crate) client_id: String,
+    pub(crate) device: String,
+    pub(crate) cert_id: String,
+    /// DER issuer names of every certificate the client presented (for CA revocation).
+    pub(crate) issuers: Vec<Vec<u8>>,
+    pub(crate) kill: Arc<Notify>,
+}
+
+pub(crate) struct Session {
+    /// The connection serving the session now: id and delivery channel.
+    pub(crate) live: Option<(u64, mpsc::Sender<Delivery>)>,
+    pub(crate) persistent: bool,
+    /// QoS 1 messages waiting for the client to (re)connect.
+    pub(crate) pending: VecDeque<Delivery>,
+    /// Decides `iot:Receive` for deliveries (also while the client is offline).
+    pub(crate) principal: Arc<Principal>,
+}
+
+#[derive(Default)]
+pub(crate) struct BrokerState {
+    pub(crate) sessions: HashMap<String, Session>,
+    pub(crate) subscriptions: SubscriptionTable<String>,
+    pub(crate) retained: HashMap<String, (Bytes, u8)>,
+    pub(crate) connections: HashMap<u64, ConnectionEntry>,
+    /// Reused buffer for subscription matches.
+    scratch: Vec<(String, u8)>,
+}
+
+/// What routing did with a message, for events and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Routed {
+    pub(crate) delivered: usize,
+    pub(crate) denied: usize,
+    pub(crate) dropped: usize,
+}
+
+impl BrokerState {
+    /// Stores or clears a retained message (empty payload clears, as MQTT says).
+    pub(crate) fn retain(&mut self, topic: &str, payload: &Bytes, qos: u8) {
+        if payload.is_empty() {
+            self.retained.remove(topic);
+        } else {
+            self.retained
+                .insert(topic.to_string(), (payload.clone(), qos));
+        }
+    }
+
+    /// Sends a published message to every subscriber allowed to receive it.
+    /// `on_denied` is told about each subscriber the policy refused.
+    pub(crate) fn route(
+        &mut self,
+        topic: &str,
+        payload: &Bytes,
+        qos: u8,
+        limits: &Limits,
+        mut on_denied: impl FnMut(&str, String),
+    ) -> Routed {
+        let mut routed = Routed::default();
+        let mut matches = std::mem::take(&mut self.scratch);
+        matches.clear();
+        self.subscriptions.matches(topic, &mut matches);
+        let shared_topic: Arc<str> = Arc::from(topic);
+        for (client, sub_qos) in matches.drain(..) {
+            let Some(session) = self.sessions.get_mut(&client) else {
+                continue;
+            };
+            let decision = session.principal.authorize(&Request::receive(topic));
+            if !decision.is_allowed() {
+                routed.denied += 1;
+                on_denied(&client, decision.to_string());
+                continue;
+            }
+            let delivery = Delivery {
+                topic: shared_topic.clone(),
+                payload: payload.clone(),
+                qos: qos.min(sub_qos),
+                retain: false,
+                dup: false,
+            };
+            if deliver(session, delivery, limits) {
+                routed.delivered += 1;
+            } else {
+                routed.dropped += 1;
+            }
+        }
+        self.scratch = matches;
+        routed
+    }
+}
+
+/// Hands a delivery to the session's connection, or queues it for a persistent session.
+/// Returns false if it had to be dropped (queue full, or QoS 0 to an offline client).
+pub(crate) fn deliver(session: &mut Session, delivery: Delivery, limits: &Limits) -> bool {
+    if let Some((_, tx)) = &session.live {
+        return match tx.try_send(delivery) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(d)) | Err(mpsc::error::TrySendError::Closed(d)) => {
+                queue_offline(session, d, limits)
+            }
+        };
+    }
+    queue_offline(session, delivery, limits)
+}
+
+fn queue_offline(session: &mut Session, delivery: Delivery, limits: &Limits) -> bool {
+    if session.persistent && delivery.qos == 1 && session.pending.len() < limits.offline_queue {
+        session.pending.push_back(delivery);
+        true
+    } else {
+        false
+    }
+}

@@ -1,0 +1,517 @@
+//! [`LocalHub`]: builder, handle, admin operations and events.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+
+use super::broker::{BrokerState, Limits, connection};
+use super::registry::{CertificateState, DeviceRecord, Registry};
+use super::tls::{CaStatus, CertificateStatus, TrustStore};
+use crate::identity::{DeviceId, Signer, SoftwareKey, X509Credential};
+use crate::pki::{CaOptions, Certificate, CertificateAuthority, Crl, DeviceCertOptions};
+use crate::policy::{AttachTarget, Partition, PolicyDocument};
+use crate::{Error, Result};
+
+/// Something that happened in the hub: the stream behind [`LocalHub::events`].
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubEvent {
+    /// A client connected.
+    Connected {
+        /// MQTT client id.
+        client_id: String,
+        /// The registry device it authenticated as.
+        device: String,
+        /// Whether a persistent session was resumed.
+        session_present: bool,
+    },
+    /// A client's connection ended.
+    Disconnected {
+        /// MQTT client id.
+        client_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A client could not be authenticated.
+    AuthFailure {
+        /// The client id it asked for.
+        client_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The policy engine refused something; the explanation names the deciding statement.
+    PolicyDenied {
+        /// The client refused.
+        client_id: String,
+        /// The decision's explanation.
+        explanation: String,
+    },
+    /// A device certificate's or CA's status changed, or a device was enabled or disabled.
+    StatusChanged {
+        /// What changed, e.g. `certificate 3f… revoked`.
+        what: String,
+        /// Live connections closed because of it.
+        connections_closed: usize,
+    },
+}
+
+pub(crate) struct Shared {
+    pub(crate) registry: RwLock<Registry>,
+    pub(crate) broker: Mutex<BrokerState>,
+    pub(crate) limits: Limits,
+    pub(crate) shutdown: Notify,
+    trust: Arc<TrustStore>,
+    events: broadcast::Sender<HubEvent>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn event(&self, event: HubEvent) {
+        tracing::debug!(?event, "hub event");
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn policy_generation(&self) -> u64 {
+        self.registry
+            .read()
+            .expect("registry lock")
+            .policies()
+            .generation()
+    }
+
+    /// Closes every live connection `matches` selects; returns how many.
+    fn kill_where(&self, matches: impl Fn(&super::broker::ConnectionEntry) -> bool) -> usize {
+        let state = self.broker.lock().expect("broker lock");
+        let mut n = 0;
+        for entry in state.connections.values().filter(|e| matches(e)) {
+            entry.kill.notify_one();
+            n += 1;
+        }
+        n
+    }
+}
+
+/// The registry's answer to "may this device certificate connect?", asked during the TLS
+/// handshake so a refused certificate never gets as far as MQTT.
+#[derive(Debug)]
+struct RegistryStatus(std::sync::Weak<Shared>);
+
+impl CertificateStatus for RegistryStatus {
+    fn check(&self, leaf: &Certificate) -> std::result::Result<(), rustls::CertificateError> {
+        let Some(shared) = self.0.upgrade() else {
+            return Err(rustls::CertificateError::ApplicationVerificationFailure);
+        };
+        let registry = shared.registry.read().expect("registry lock");
+        match registry.admit(leaf) {
+            Ok(_) => Ok(()),
+            Err(Error::Revoked(_)) => Err(rustls::CertificateError::Revoked),
+            Err(_) => Err(rustls::CertificateError::ApplicationVerificationFailure),
+        }
+    }
+}
+
+/// Configures and starts a [`LocalHub`].
+#[derive(Debug)]
+pub struct LocalHubBuilder {
+    bind: SocketAddr,
+    host_names: Vec<String>,
+    ca: Option<CertificateAuthority>,
+    limits: Limits,
+    partition: Partition,
+}
+
+impl LocalHubBuilder {
+    /// The address to listen on for MQTT over TLS (default `127.0.0.1:0`: any free port).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// An extra name the server certificate covers (it always covers `localhost`,
+    /// `127.0.0.1` and `::1`).
+    pub fn host_name(mut self, name: &str) -> Self {
+        self.host_names.push(name.to_string());
+        self
+    }
+
+    /// The CA the hub issues its server certificate and device certificates from (default: a
+    /// new root CA). It is also registered as a trusted device CA.
+    pub fn ca(mut self, ca: CertificateAuthority) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// Broker limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Starts listening. Must be called inside a tokio runtime.
+    pub async fn start(self) -> Result<LocalHub> {
+        let ca = match self.ca {
+            Some(ca) => ca,
+            None => CertificateAuthority::new_root(
+                &CaOptions::new("fleetkit local hub CA").with_organization("fleetkit"),
+            )?,
+        };
+        let trust = Arc::new(TrustStore::new());
+        trust.register_ca(ca.certificate().clone())?;
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        names.extend(self.host_names);
+        let (server_chain, server_key) = super::tls::issue_server_certificate(&ca, &names)?;
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            registry: RwLock::new(Registry::new(self.partition)),
+            broker: Mutex::new(BrokerState::default()),
+            limits: self.limits,
+            shutdown: Notify::new(),
+            trust: trust.clone(),
+            events,
+            next_id: AtomicU64::new(1),
+        });
+        trust.set_status_hook(Arc::new(RegistryStatus(Arc::downgrade(&shared))));
+        let config = super::tls::server_config(
+            server_chain,
+            server_key,
+            trust.clone(),
+            vec![b"mqtt".to_vec(), b"x-amzn-mqtt-ca".to_vec()],
+            false,
+        )?;
+        let listener = TcpListener::bind(self.bind)
+            .await
+            .map_err(|e| Error::io(format!("{}", self.bind), e))?;
+        let addr = listener.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let accept_shared = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(v) => v,
+                        Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                    },
+                    _ = accept_shared.shutdown.notified() => break,
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let shared = accept_shared.clone();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(
+                        shared.limits.connect_timeout,
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            shared.event(HubEvent::AuthFailure {
+                                client_id: String::new(),
+                                reason: format!("TLS handshake failed: {e}"),
+                            });
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let chain = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
+                        .collect();
+                    connection::serve(shared, tls, chain).await;
+                });
+            }
+        });
+        Ok(LocalHub {
+            shared,
+            ca,
+            addr,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running local hub. Dropping it stops the listener and closes every connection.
+///
+/// ```no_run
+/// # async fn f() -> fleetkit::Result<()> {
+/// use fleetkit::local::{DeviceRecord, LocalHub};
+/// use fleetkit::policy::{AttachTarget, builtin};
+///
+/// let hub = LocalHub::builder().start().await?;
+/// hub.put_policy("device", &builtin::azure_device())?;
+/// hub.create_device(DeviceRecord::new("sensor-1"))?;
+/// hub.attach_policy("device", AttachTarget::Device("sensor-1".into()))?;
+/// let credential = hub.issue_device_credential("sensor-1")?;
+/// println!("MQTT over TLS at {}, CA:\n{}", hub.mqtt_addr(), hub.ca_certificate().to_pem());
+/// # let _ = credential; Ok(()) }
+/// ```
+pub struct LocalHub {
+    shared: Arc<Shared>,
+    ca: CertificateAuthority,
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LocalHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalHub")
+            .field("mqtt_addr", &self.addr)
+            .field("ca", &self.ca.certificate().subject())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalHub {
+    /// A builder with defaults: `127.0.0.1:0`, a new CA, native limits, local partition.
+    pub fn builder() -> LocalHubBuilder {
+        LocalHubBuilder {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            host_names: Vec::new(),
+            ca: None,
+            limits: Limits::default(),
+            partition: Partition::local(),
+        }
+    }
+
+    /// Where MQTT over TLS listens.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The hub's CA: clients trust it for the server certificate; it also issues devices.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// The CA certificate clients put in their trust store.
+    pub fn ca_certificate(&self) -> &Certificate {
+        self.ca.certificate()
+    }
+
+    /// The registered device CAs and CRLs.
+    pub fn trust_store(&self) -> &Arc<TrustStore> {
+        &self.shared.trust
+    }
+
+    /// Events: connections, denials with explanations, status changes.
+    pub fn events(&self) -> broadcast::Receiver<HubEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Registers a device.
+    pub fn create_device(&self, device: DeviceRecord) -> Result<()> {
+        self.shared
+            .registry
+            .write()
+            .expect("registry lock")
+            .create_device(device)
+    }
+
+    /// Enables or disables a device; disabling closes its live connections at once.
+    pub fn set_device_enabled(&self, device: &str, enabled: bool) -> Result<usize> {
+        self.shared
+            .registry
+            .write()
+            .expect("registry lock")
+            .set_device_enabled(device, enabled)?;
+        let closed = if enabled {
+            0
+        } else {
+            self.shared.kill_where(|e| e.device == device)
+        };
+        self.shared.event(HubEvent::StatusChanged {
+            what: format!(
+                "device {device} {}",
+                if enabled { "enabled" } else { "disabled" }
+            ),
+            connections_closed: closed,
+        });
+        Ok(closed)
+    }
+
+    /// Registers `certificate` for `device` as ACTIVE; returns its id (SHA-256 fingerprint).
+    pub fn register_certificate(&self, certificate: Certificate, device: &str) -> Result<String> {
+        self.shared
+            .registry
+            .write()
+            .expect("registry lock")
+            .register_certificate(certificate, device, CertificateState::Active)
+    }
+
+    /// Changes a device certificate's state; anything but ACTIVE closes its live connections
+    /// at once. Returns how many were closed.
+    pub fn set_certificate_state(&self, id: &str, state: CertificateState) -> Result<usize> {
+        self.shared
+            .registry
+            .write()
+            .expect("registry lock")
+            .set_certificate_state(id, state)?;
+        let closed = if state == CertificateState::Active {
+            0
+        } else {
+            self.shared.kill_where(|e| e.cert_id == id)
+        };
+        self.shared.event(HubEvent::StatusChanged {
+            what: format!("certificate {id} {state:?}"),
+            connections_closed: closed,
+        });
+        Ok(closed)
+    }
+
+    /// Generates a key "on the device", issues its certificate from the hub CA, and registers
+    /// it ACTIVE for `device` (which must exist). For tests and demos.
+    pub fn issue_device_credential(&self, device: &str) -> Result<X509Credential> {
+        let id = DeviceId::new(device)?;
+        let key: Arc<dyn Signer> = Arc::new(SoftwareKey::generate_p256()?);
+        let cert = self
+            .ca
+            .issue(&id, key.public_key_spki(), &DeviceCertOptions::default())?;
+        self.register_certificate(cert.clone(), device)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.ca.chain_for_devices().iter().map(|c| c.der().clone()));
+        X509Credential::new(chain, key)
+    }
+
+    /// Registers another CA whose device certificates the hub accepts (ACTIVE).
+    pub fn register_ca(&self, ca: &Certificate) -> Result<()> {
+        self.shared.trust.register_ca(ca.clone())
+    }
+
+    /// Changes a registered CA's status; anything but ACTIVE closes the live connections of
+    /// devices whose certificates it issued.
+    pub fn set_ca_status(&self, ca: &Certificate, status: CaStatus) -> Result<usize> {
+        self.shared
+            .trust
+            .set_ca_status(&ca.fingerprint_sha256(), status)?;
+        let subject = ca.subject_der().to_vec();
+        let closed = if status == CaStatus::Active {
+            0
+        } else {
+            self.shared.kill_where(|e| e.issuers.contains(&subject))
+        };
+        self.shared.event(HubEvent::StatusChanged {
+            what: format!("CA {} {status:?}", ca.subject()),
+            connections_closed: closed,
+        });
+        Ok(closed)
+    }
+
+    /// Adds a CRL (signed by a registered CA); certificates on it are refused from now on and
+    /// their live connections closed.
+    pub fn add_crl(&self, crl: Crl) -> Result<usize> {
+        let revoked: Vec<Vec<u8>> = crl.entries().iter().map(|r| r.serial.clone()).collect();
+        self.shared.trust.add_crl(crl)?;
+        let registry = self.shared.registry.read().expect("registry lock");
+        let closed = self.shared.kill_where(|e| {
+            registry.certificate(&e.cert_id).is_some_and(|r| {
+                revoked
+                    .iter()
+                    .any(|s| s.as_slice() == r.certificate.serial())
+            })
+        });
+        drop(registry);
+        Ok(closed)
+    }
+
+    /// Stores a policy (a new version if it exists). Connections see it on their next action.
+    pub fn put_policy(&self, name: &str, document: &PolicyDocument) -> Result<u32> {
+        self.shared
+            .registry
+            .write()
+            .expect("registry lock")
+            .put_policy(name, document)
+    }
+
+    /// Attaches a policy to a certificate, device, group or scope.
+    pub fn attach_policy(&self, name: &str, target: AttachTarget) -> Result<()> {
+        self.shared
+            .registry
+            .write()
+            .expect("registry lock")
+            .attach_policy(name, target)
+    }
+
+    /// Reads the registry.
+    pub fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> T) -> T {
+        f(&self.shared.registry.read().expect("registry lock"))
+    }
+
+    /// Client ids of the live MQTT connections, sorted.
+    pub fn connected_clients(&self) -> Vec<String> {
+        let state = self.shared.broker.lock().expect("broker lock");
+        let mut ids: Vec<String> = state
+            .connections
+            .values()
+            .map(|e| e.client_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The topic filters (with granted QoS) a client's session is subscribed to, sorted.
+    pub fn subscriptions_of(&self, client_id: &str) -> Vec<(String, u8)> {
+        let state = self.shared.broker.lock().expect("broker lock");
+        let mut filters = state.subscriptions.filters_of(&client_id.to_string());
+        filters.sort();
+        filters
+    }
+
+    /// Number of (filter, client) subscriptions held, across all sessions.
+    pub fn subscription_count(&self) -> usize {
+        self.shared
+            .broker
+            .lock()
+            .expect("broker lock")
+            .subscriptions
+            .len()
+    }
+
+    /// Number of live MQTT connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared
+            .broker
+            .lock()
+            .expect("broker lock")
+            .connections
+            .len()
+    }
+
+    /// Stops accepting, closes every connection and waits for the listener to end.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.notify_waiters();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for LocalHub {
+    fn drop(&mut self) {
+        self.shared.shutdown.notify_waiters();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        // Connection tasks wait on `shutdown` too; wake any that were not waiting yet.
+        let state = self.shared.broker.lock().expect("broker lock");
+        for entry in state.connections.values() {
+            entry.kill.notify_one();
+        }
+    }
+}

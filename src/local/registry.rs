@@ -1,0 +1,259 @@
+//! The hub's registry: devices, device certificates and policies.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::pki::Certificate;
+use crate::policy::{AttachTarget, Partition, PolicyDocument, PolicyEngine, PrincipalContext};
+use crate::{Error, Result};
+
+/// A device certificate's status, as AWS IoT models it.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CertificateState {
+    /// Connections with it are accepted.
+    Active,
+    /// Temporarily refused; can be activated again.
+    Inactive,
+    /// Permanently refused.
+    Revoked,
+}
+
+/// A registered device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device id (also its thing name).
+    pub id: String,
+    /// Thing type, if any.
+    pub thing_type: Option<String>,
+    /// Attributes, readable by policies as `iot:Connection.Thing.Attributes[name]`.
+    pub attributes: Vec<(String, String)>,
+    /// Thing groups the device is directly in.
+    pub groups: Vec<String>,
+    /// A disabled device cannot connect.
+    pub enabled: bool,
+}
+
+impl DeviceRecord {
+    /// An enabled device with no type, attributes or groups.
+    pub fn new(id: &str) -> Self {
+        DeviceRecord {
+            id: id.to_string(),
+            thing_type: None,
+            attributes: Vec::new(),
+            groups: Vec::new(),
+            enabled: true,
+        }
+    }
+
+    /// Adds the device to `group`.
+    pub fn in_group(mut self, group: &str) -> Self {
+        self.groups.push(group.to_string());
+        self
+    }
+
+    /// Sets an attribute.
+    pub fn with_attribute(mut self, name: &str, value: &str) -> Self {
+        self.attributes.retain(|(n, _)| n != name);
+        self.attributes.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A registered device certificate.
+#[derive(Clone, Debug)]
+pub struct CertificateRecord {
+    /// The certificate.
+    pub certificate: Certificate,
+    /// Its id: SHA-256 of the DER, lowercase hex (AWS's certificate id).
+    pub id: String,
+    /// Status.
+    pub state: CertificateState,
+    /// The device it belongs to.
+    pub device: String,
+}
+
+/// Devices, certificates and policies. Shared by the broker (which reads it on every connection)
+/// and the admin API (which changes it).
+pub struct Registry {
+    devices: HashMap<String, DeviceRecord>,
+    certificates: HashMap<String, CertificateRecord>,
+    policies: PolicyEngine,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("devices", &self.devices.len())
+            .field("certificates", &self.certificates.len())
+            .field("policies", &self.policies)
+            .finish()
+    }
+}
+
+fn not_found(what: &'static str, id: &str) -> Error {
+    Error::NotFound {
+        what,
+        id: id.to_string(),
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(partition: Partition) -> Self {
+        Registry {
+            devices: HashMap::new(),
+            certificates: HashMap::new(),
+            policies: PolicyEngine::new(partition),
+        }
+    }
+
+    /// The policy engine (read access).
+    pub fn policies(&self) -> &PolicyEngine {
+        &self.policies
+    }
+
+    /// Adds a device. The id must be a valid [`DeviceId`](crate::identity::DeviceId).
+    pub(crate) fn create_device(&mut self, device: DeviceRecord) -> Result<()> {
+        crate::identity::DeviceId::new(device.id.as_str())?;
+        if self.devices.contains_key(&device.id) {
+            return Err(Error::AlreadyExists {
+                what: "device",
+                id: device.id,
+            });
+        }
+        self.devices.insert(device.id.clone(), device);
+        Ok(())
+    }
+
+    /// Looks a device up.
+    pub fn device(&self, id: &str) -> Option<&DeviceRecord> {
+        self.devices.get(id)
+    }
+
+    pub(crate) fn set_device_enabled(&mut self, id: &str, enabled: bool) -> Result<()> {
+        let device = self
+            .devices
+            .get_mut(id)
+            .ok_or_else(|| not_found("device", id))?;
+        device.enabled = enabled;
+        Ok(())
+    }
+
+    /// Registers `certificate` for `device` (which must exist) with `state`.
+    pub(crate) fn register_certificate(
+        &mut self,
+        certificate: Certificate,
+        device: &str,
+        state: CertificateState,
+    ) -> Result<String> {
+        if !self.devices.contains_key(device) {
+            return Err(not_found("device", device));
+        }
+        if certificate.is_ca() {
+            return Err(Error::invalid(
+                "certificate",
+                "a CA certificate cannot be a device certificate",
+            ));
+        }
+        let id = certificate.fingerprint_sha256();
+        if self.certificates.contains_key(&id) {
+            return Err(Error::AlreadyExists {
+                what: "certificate",
+                id,
+            });
+        }
+        self.certificates.insert(
+            id.clone(),
+            CertificateRecord {
+                certificate,
+                id: id.clone(),
+                state,
+                device: device.to_string(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Changes a certificate's state. A revoked certificate stays revoked (as in AWS).
+    pub(crate) fn set_certificate_state(
+        &mut self,
+        id: &str,
+        state: CertificateState,
+    ) -> Result<()> {
+        let record = self
+            .certificates
+            .get_mut(id)
+            .ok_or_else(|| not_found("certificate", id))?;
+        if record.state == CertificateState::Revoked && state != CertificateState::Revoked {
+            return Err(Error::Precondition(format!(
+                "certificate {id} is revoked; revocation is permanent"
+            )));
+        }
+        record.state = state;
+        Ok(())
+    }
+
+    /// Looks a certificate up by id.
+    pub fn certificate(&self, id: &str) -> Option<&CertificateRecord> {
+        self.certificates.get(id)
+    }
+
+    /// Checks that `leaf` may connect: registered, ACTIVE, and its device exists and is enabled.
+    /// Returns its record.
+    pub(crate) fn admit(&self, leaf: &Certificate) -> Result<&CertificateRecord> {
+        let id = leaf.fingerprint_sha256();
+        let record = self
+            .certificates
+            .get(&id)
+            .ok_or_else(|| Error::Unauthenticated(format!("certificate {id} is not registered")))?;
+        match record.state {
+            CertificateState::Active => {}
+            CertificateState::Inactive => {
+                return Err(Error::Unauthenticated(format!(
+                    "certificate {id} is inactive"
+                )));
+            }
+            CertificateState::Revoked => {
+                return Err(Error::Revoked(format!("certificate {id} is revoked")));
+            }
+        }
+        let device = self.devices.get(&record.device).ok_or_else(|| {
+            Error::Unauthenticated(format!("device {} is deleted", record.device))
+        })?;
+        if !device.enabled {
+            return Err(Error::PermissionDenied(format!(
+                "device {} is disabled",
+                device.id
+            )));
+        }
+        Ok(record)
+    }
+
+    /// The principal context of a device connecting with `leaf` as `client_id`.
+    pub(crate) fn principal_context(
+        &self,
+        record: &CertificateRecord,
+        client_id: &str,
+    ) -> PrincipalContext {
+        let mut ctx =
+            PrincipalContext::device(&record.device, client_id, Some(&record.certificate));
+        if let Some(device) = self.devices.get(&record.device) {
+            ctx.groups = device.groups.clone();
+            if let Some(thing) = ctx.thing.as_mut() {
+                thing.type_name = device.thing_type.clone();
+                thing.attributes = device.attributes.clone();
+            }
+        }
+        ctx
+    }
+
+    /// Stores a policy version.
+    pub(crate) fn put_policy(&mut self, name: &str, document: &PolicyDocument) -> Result<u32> {
+        self.policies.put_policy(name, document)
+    }
+
+    /// Attaches a policy.
+    pub(crate) fn attach_policy(&mut self, name: &str, target: AttachTarget) -> Result<()> {
+        self.policies.attach_policy(name, target)
+    }
+}
