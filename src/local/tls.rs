@@ -231,22 +231,7 @@ impl TrustStore {
         certificate: Certificate,
         status: CaStatus,
     ) -> Result<()> {
-        if !certificate.is_ca() {
-            return Err(Error::invalid(
-                "CA certificate",
-                format!(
-                    "{} is not a CA (basicConstraints CA:TRUE missing)",
-                    certificate.subject()
-                ),
-            ));
-        }
-        let usages = certificate.key_usage();
-        if !usages.is_empty() && !usages.contains(&KeyUsage::KeyCertSign) {
-            return Err(Error::invalid(
-                "CA certificate",
-                format!("{} lacks keyUsage keyCertSign", certificate.subject()),
-            ));
-        }
+        certificate.ensure_ca()?;
         // Checked here too, not only when it is ACTIVE: a CA registered INACTIVE must not fail
         // later, when it is activated.
         RootCertStore::empty()

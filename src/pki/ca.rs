@@ -233,22 +233,7 @@ impl CertificateAuthority {
         parents: Vec<Certificate>,
         signer: Arc<dyn Signer>,
     ) -> Result<Self> {
-        if !certificate.is_ca() {
-            return Err(Error::invalid(
-                "CA certificate",
-                format!(
-                    "{} is not a CA (basicConstraints CA:TRUE missing)",
-                    certificate.subject()
-                ),
-            ));
-        }
-        let usages = certificate.key_usage();
-        if !usages.is_empty() && !usages.contains(&super::KeyUsage::KeyCertSign) {
-            return Err(Error::invalid(
-                "CA certificate",
-                format!("{} lacks keyUsage keyCertSign", certificate.subject()),
-            ));
-        }
+        certificate.ensure_ca()?;
         if certificate.public_key_spki() != signer.public_key_spki() {
             return Err(Error::invalid(
                 "private key",

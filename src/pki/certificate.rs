@@ -335,6 +335,27 @@ impl Certificate {
         self.ca.is_some()
     }
 
+    /// Checks the certificate may act as a CA: basicConstraints CA:TRUE, and keyUsage
+    /// keyCertSign when a keyUsage extension is present. The error names field `CA certificate`.
+    pub fn ensure_ca(&self) -> Result<()> {
+        if !self.is_ca() {
+            return Err(Error::invalid(
+                "CA certificate",
+                format!(
+                    "{} is not a CA (basicConstraints CA:TRUE missing)",
+                    self.subject()
+                ),
+            ));
+        }
+        if !self.key_usage.is_empty() && !self.key_usage.contains(&KeyUsage::KeyCertSign) {
+            return Err(Error::invalid(
+                "CA certificate",
+                format!("{} lacks keyUsage keyCertSign", self.subject()),
+            ));
+        }
+        Ok(())
+    }
+
     /// For a CA, its pathLenConstraint (`None`: unconstrained). `None` for non-CAs too.
     pub fn path_len(&self) -> Option<u32> {
         self.ca.flatten()

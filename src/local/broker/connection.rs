@@ -132,12 +132,7 @@ where
             client_id: connect.client_id.clone(),
             reason: "no client certificate".into(),
         });
-        let _ = io
-            .send(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::NotAuthorized,
-                false,
-            )))
-            .await;
+        refuse(&mut io, ConnectReturnCode::NotAuthorized).await;
         return;
     };
     // Authentication: the certificate must be registered, active, for an enabled device.
@@ -163,23 +158,13 @@ where
                 client_id: connect.client_id.clone(),
                 reason: e.to_string(),
             });
-            let _ = io
-                .send(Packet::ConnAck(ConnAck::new(
-                    ConnectReturnCode::NotAuthorized,
-                    false,
-                )))
-                .await;
+            refuse(&mut io, ConnectReturnCode::NotAuthorized).await;
             return;
         }
     };
     let client_id = connect.client_id.clone();
     if client_id.is_empty() {
-        let _ = io
-            .send(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::BadClientId,
-                false,
-            )))
-            .await;
+        refuse(&mut io, ConnectReturnCode::BadClientId).await;
         return;
     }
     // Authorization of the connection itself, and of the will it leaves behind.
@@ -202,12 +187,7 @@ where
             client_id: client_id.clone(),
             explanation: reason,
         });
-        let _ = io
-            .send(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::NotAuthorized,
-                false,
-            )))
-            .await;
+        refuse(&mut io, ConnectReturnCode::NotAuthorized).await;
         return;
     }
     let will = connect.last_will.clone();
@@ -298,6 +278,8 @@ where
     };
     // Redeliver what the session kept, oldest first.
     backlog.reverse();
+    // Keep-alive counts from the last packet the *client* sent.
+    let mut last_heard = Instant::now();
     let outcome = 'outer: loop {
         // Fill the in-flight window from the backlog, then from the live channel.
         while conn.inflight.len() < shared.limits.inflight_window {
@@ -310,11 +292,12 @@ where
                 break 'outer e;
             }
         }
-        let deadline = keep_alive.map(|k| Instant::now() + k.mul_f32(1.5));
+        let deadline = keep_alive.map(|k| last_heard + k.mul_f32(1.5));
         let room = conn.inflight.len() < shared.limits.inflight_window;
         tokio::select! {
             packet = io.next() => match packet {
                 Ok(Some(packet)) => {
+                    last_heard = Instant::now();
                     if let Err(e) = conn.handle(&mut io, packet).await {
                         break e;
                     }
@@ -349,6 +332,11 @@ where
     let will = if outcome.abnormal() { will } else { None };
     finish(&shared, conn_id, &client_id, will, unacked, &outcome);
     let _ = io.stream.shutdown().await;
+}
+
+/// Answers CONNECT with a refusal (the connection is closed by the caller returning).
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>, code: ConnectReturnCode) {
+    let _ = io.send(Packet::ConnAck(ConnAck::new(code, false))).await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
