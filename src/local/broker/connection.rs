@@ -24,6 +24,8 @@ pub(crate) enum Closed {
     Disconnect,
     Io(String),
     Protocol(String),
+    /// CONNECT asked for an MQTT version this hub does not speak.
+    ProtocolLevel(u8),
     KeepAlive,
     Killed,
     Denied(String),
@@ -40,6 +42,7 @@ impl Closed {
             Closed::Disconnect => "client sent DISCONNECT".into(),
             Closed::Io(e) => format!("I/O: {e}"),
             Closed::Protocol(e) => format!("protocol violation: {e}"),
+            Closed::ProtocolLevel(l) => format!("unsupported MQTT protocol level {l}"),
             Closed::KeepAlive => "keep-alive expired".into(),
             Closed::Killed => "closed by the hub (credential or device status changed, or the client id was taken over)".into(),
             Closed::Denied(e) => format!("not authorized: {e}"),
@@ -59,9 +62,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// Reads the next packet. `Ok(None)` on a clean end of stream.
     async fn next(&mut self) -> Result<Option<Packet>, Closed> {
         loop {
+            // The codec ignores the fixed header's flag bits; MQTT-2.2.2-2 says a wrong one is
+            // a malformed packet.
+            if let Some(&first) = self.read.first() {
+                let required = match first >> 4 {
+                    3 => None,                // PUBLISH: DUP, QoS, RETAIN
+                    6 | 8 | 10 => Some(0x02), // PUBREL, SUBSCRIBE, UNSUBSCRIBE
+                    _ => Some(0x00),
+                };
+                if required.is_some_and(|r| first & 0x0F != r) {
+                    return Err(Closed::Protocol(format!(
+                        "reserved flag bits {:#06b} in a packet of type {}",
+                        first & 0x0F,
+                        first >> 4
+                    )));
+                }
+            }
+            let before = self.read.len();
             match Packet::read(&mut self.read, self.max) {
+                Ok(packet @ (Packet::PingReq | Packet::Disconnect))
+                    if before - self.read.len() != 2 =>
+                {
+                    return Err(Closed::Protocol(format!(
+                        "{packet:?} must have no variable header or payload"
+                    )));
+                }
                 Ok(packet) => return Ok(Some(packet)),
                 Err(CodecError::InsufficientBytes(_)) => {}
+                Err(CodecError::InvalidProtocolLevel(level)) => {
+                    return Err(Closed::ProtocolLevel(level));
+                }
                 Err(e) => return Err(Closed::Protocol(e.to_string())),
             }
             let n = self
@@ -123,7 +153,12 @@ where
         max: shared.limits.max_packet_size,
     };
     let connect = match tokio::time::timeout(shared.limits.connect_timeout, io.next()).await {
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(Packet::Connect(c)))) if c.protocol == rumqttc::mqttbytes::Protocol::V4 => c,
+        // MQTT-3.1.2-2: an unsupported level gets CONNACK 1, then the connection is closed.
+        Ok(Ok(Some(Packet::Connect(_)))) | Ok(Err(Closed::ProtocolLevel(_))) => {
+            refuse(&mut io, ConnectReturnCode::RefusedProtocolVersion).await;
+            return;
+        }
         Ok(Ok(Some(_))) => return, // first packet must be CONNECT: close silently (MQTT-3.1.0-1)
         _ => return,
     };
@@ -528,6 +563,9 @@ impl Conn {
                     self.send_delivery(io, d).await?;
                 }
                 Ok(())
+            }
+            Packet::Unsubscribe(u) if u.topics.is_empty() => {
+                Err(Closed::Protocol("UNSUBSCRIBE with no topic filter".into()))
             }
             Packet::Unsubscribe(unsub) => {
                 {
