@@ -11,7 +11,9 @@
 //!
 //! Goal from the foundation issue: issuance ≥ 0.8 of the raw-crypto rate.
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::median_ns;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,25 +29,8 @@ use ring::signature::{self, EcdsaKeyPair, KeyPair};
 /// as the real signature does.
 const TBS_SIZED: [u8; 330] = [0x5a; 330];
 
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    // <target>/release/deps/pki-<hash>
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-        .unwrap_or_else(|| PathBuf::from("target"))
-}
-
-fn median_ns(out: &Path, group: &str, id: &str) -> Option<f64> {
-    let path = out.join(group).join(id).join("new").join("estimates.json");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    json["median"]["point_estimate"].as_f64()
-}
-
 fn main() {
-    let out = target_dir().join("criterion");
+    let out = support::criterion_dir();
     let mut c = Criterion::default()
         .output_directory(&out)
         .sample_size(60)

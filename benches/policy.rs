@@ -29,9 +29,11 @@
 //!
 //! Goal from the issue: at least 10× faster than Cedar at every size, flat in fleet size.
 
+mod support;
+use support::median_ns;
+
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -362,23 +364,6 @@ fn case(engine: &PolicyEngine, n: usize) -> Case {
     }
 }
 
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    // <target>/release/deps/policy-<hash>
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-        .unwrap_or_else(|| PathBuf::from("target"))
-}
-
-fn median_ns(out: &Path, group: &str, id: &str) -> Option<f64> {
-    let path = out.join(group).join(id).join("new").join("estimates.json");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    json["median"]["point_estimate"].as_f64()
-}
-
 /// Per-decision times (ns), from batches of [`BATCH`], for two closures run alternately:
 /// `decisions` each, or as many as fit the row budget.
 fn interleaved(
@@ -452,7 +437,7 @@ fn main() {
         setup.elapsed()
     );
 
-    let out = target_dir().join("criterion");
+    let out = support::criterion_dir();
     let mut c = Criterion::default()
         .output_directory(&out)
         .sample_size(40)

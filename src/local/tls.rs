@@ -30,9 +30,8 @@ use std::time::Duration;
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
-    SanType, SerialNumber,
+    SanType,
 };
-use ring::rand::SecureRandom;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -806,15 +805,7 @@ fn server_name(name: &str) -> Result<SanType> {
     Ok(SanType::DnsName(ia5))
 }
 
-/// A random positive 127-bit serial, as the PKI gives every certificate.
-fn random_serial() -> Result<SerialNumber> {
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| Error::Crypto("the system random source failed".into()))?;
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    Ok(SerialNumber::from_slice(&bytes))
-}
+use crate::pki::random_serial;
 
 #[cfg(test)]
 mod tests {
