@@ -453,6 +453,18 @@ impl LocalHub {
         f(&self.shared.registry.read().expect("registry lock"))
     }
 
+    /// Serves MQTT on a stream that is already authenticated as the holder of `client_chain`
+    /// (leaf first): for transports the hub does not listen on itself (a Unix socket, an
+    /// in-memory pipe in a test, a tunnel). Every check after the TLS handshake still applies —
+    /// the leaf must be registered and ACTIVE for an enabled device, and the policy decides
+    /// CONNECT and everything after. Returns when the connection ends.
+    pub async fn serve_stream<S>(&self, stream: S, client_chain: Vec<Certificate>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        connection::serve(self.shared.clone(), stream, client_chain).await;
+    }
+
     /// Client ids of the live MQTT connections, sorted.
     pub fn connected_clients(&self) -> Vec<String> {
         let state = self.shared.broker.lock().expect("broker lock");
