@@ -455,9 +455,10 @@ impl LocalHub {
 
     /// Serves MQTT on a stream that is already authenticated as the holder of `client_chain`
     /// (leaf first): for transports the hub does not listen on itself (a Unix socket, an
-    /// in-memory pipe in a test, a tunnel). Every check after the TLS handshake still applies —
-    /// the leaf must be registered and ACTIVE for an enabled device, and the policy decides
-    /// CONNECT and everything after. Returns when the connection ends.
+    /// in-memory pipe in a test, a tunnel). The caller vouches for what the TLS handshake would
+    /// have proven (the peer holds the leaf's key; the chain leads to a trusted CA); every later
+    /// check still applies — the leaf must be registered and ACTIVE for an enabled device, and
+    /// the policy decides CONNECT and everything after. Returns when the connection ends.
     pub async fn serve_stream<S>(&self, stream: S, client_chain: Vec<Certificate>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
