@@ -519,3 +519,100 @@ async fn clean_sessions_leave_nothing_behind() {
         "a clean session's subscriptions end with it"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_hub_keeps_registry_retained_messages_and_persistent_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (creds, ca_pem) = {
+        let hub = LocalHub::builder()
+            .data_dir(dir.path())
+            .start()
+            .await
+            .unwrap();
+        hub.put_policy("fleet", &PolicyDocument::from_json(FLEET_POLICY).unwrap())
+            .unwrap();
+        hub.attach_policy("fleet", AttachTarget::Group("fleet".into()))
+            .unwrap();
+        let mut creds = Vec::new();
+        for d in ["dev-a", "dev-b"] {
+            hub.create_device(DeviceRecord::new(d).in_group("fleet"))
+                .unwrap();
+            creds.push(hub.issue_device_credential(d).unwrap());
+        }
+        // dev-b: a persistent session subscribed at QoS 1, then offline.
+        let (sub, mut sub_ev) = AsyncClient::new(options(&hub, "dev-b", &creds[1], false), 10);
+        connected(&mut sub_ev).await;
+        sub.subscribe("fleet/dev-a/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        subscribed(&mut sub_ev).await;
+        sub.disconnect().await.unwrap();
+        let _ = timeout(Duration::from_secs(2), fails(&mut sub_ev)).await;
+        // dev-a: two acknowledged QoS 1 messages for the offline session, one retained message.
+        let (publisher, mut pub_ev) = AsyncClient::new(options(&hub, "dev-a", &creds[0], true), 10);
+        connected(&mut pub_ev).await;
+        for i in 0..2u8 {
+            publisher
+                .publish(
+                    format!("fleet/dev-a/q{i}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    vec![i],
+                )
+                .await
+                .unwrap();
+        }
+        publisher
+            .publish("fleet/dev-a/cfg", QoS::AtLeastOnce, true, b"v7".to_vec())
+            .await
+            .unwrap();
+        acked(&mut pub_ev, 3).await;
+        let ca_pem = hub.ca_certificate().to_pem();
+        hub.shutdown().await;
+        (creds, ca_pem)
+    };
+    // Key files are private.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("hub-ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let hub = LocalHub::builder()
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        hub.ca_certificate().to_pem(),
+        ca_pem,
+        "same CA after restart"
+    );
+    assert!(hub.with_registry(|r| r.device("dev-b").is_some()));
+    let (_sub, mut sub_ev) = AsyncClient::new(options(&hub, "dev-b", &creds[1], false), 10);
+    assert!(
+        connected(&mut sub_ev).await,
+        "the persistent session survived the restart"
+    );
+    let mut got = receive(&mut sub_ev, 3).await;
+    got.sort();
+    let topics: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    // All three were queued for the offline session (the retained one too, as a normal
+    // message), acknowledged to the publisher, and so survived the restart.
+    assert_eq!(
+        topics,
+        ["fleet/dev-a/cfg", "fleet/dev-a/q0", "fleet/dev-a/q1"]
+    );
+    // A new subscriber still gets the retained message.
+    let (c, mut ev) = AsyncClient::new(options(&hub, "dev-a", &creds[0], true), 10);
+    connected(&mut ev).await;
+    c.subscribe("fleet/dev-a/cfg", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let got = receive(&mut ev, 1).await;
+    assert_eq!(
+        got,
+        vec![("fleet/dev-a/cfg".to_string(), b"v7".to_vec(), true)]
+    );
+}

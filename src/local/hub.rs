@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::broker::{BrokerState, Limits, connection};
+use super::persist::DataDir;
 use super::registry::{CertificateState, DeviceRecord, Registry};
 use super::tls::{CaStatus, CertificateStatus, TrustStore};
 use crate::identity::{DeviceId, Signer, SoftwareKey, X509Credential};
@@ -68,12 +69,71 @@ pub(crate) struct Shared {
     trust: Arc<TrustStore>,
     events: broadcast::Sender<HubEvent>,
     next_id: AtomicU64,
+    persist: Option<Persistence>,
+}
+
+/// The data directory and the flusher's bookkeeping (group commit of broker state).
+struct Persistence {
+    dir: DataDir,
+    /// Flush requests made so far.
+    requested: AtomicU64,
+    /// The highest request number covered by a completed flush.
+    done: watch::Sender<u64>,
+    wake: Notify,
 }
 
 impl Shared {
     pub(crate) fn event(&self, event: HubEvent) {
         tracing::debug!(?event, "hub event");
         let _ = self.events.send(event);
+    }
+
+    /// Waits until the broker state as it is now is on disk (no-op without a data directory).
+    pub(crate) async fn durable(&self) {
+        let Some(p) = &self.persist else { return };
+        let want = p.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut rx = p.done.subscribe();
+        p.wake.notify_one();
+        let _ = rx.wait_for(|done| *done >= want).await;
+    }
+
+    /// Asks for a flush without waiting for it.
+    pub(crate) fn request_flush(&self) {
+        if let Some(p) = &self.persist {
+            p.requested.fetch_add(1, Ordering::SeqCst);
+            p.wake.notify_one();
+        }
+    }
+
+    /// Writes the broker state now; returns the request number it covers.
+    fn flush_broker(&self) -> Result<()> {
+        let Some(p) = &self.persist else {
+            return Ok(());
+        };
+        let target = p.requested.load(Ordering::SeqCst);
+        let snapshot = {
+            let state = self.broker.lock().expect("broker lock");
+            DataDir::capture_broker(&state)
+        };
+        let result = p.dir.save_broker(&snapshot);
+        if let Err(e) = &result {
+            self.event(HubEvent::StatusChanged {
+                what: format!("saving broker state failed: {e}"),
+                connections_closed: 0,
+            });
+        }
+        p.done.send_replace(target);
+        result
+    }
+
+    /// Saves the registry and trust store after an admin change.
+    fn save_admin(&self) -> Result<()> {
+        let Some(p) = &self.persist else {
+            return Ok(());
+        };
+        p.dir
+            .save_registry(&self.registry.read().expect("registry lock"))?;
+        p.dir.save_trust(&self.trust)
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
@@ -127,9 +187,18 @@ pub struct LocalHubBuilder {
     ca: Option<CertificateAuthority>,
     limits: Limits,
     partition: Partition,
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl LocalHubBuilder {
+    /// Keeps the hub's state in `dir` (created 0700 if missing): the hub CA, registry,
+    /// registered CAs and CRLs, retained messages and persistent sessions with their queued
+    /// QoS 1 messages survive a restart. Without it everything lives in memory.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     /// The address to listen on for MQTT over TLS (default `127.0.0.1:0`: any free port).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.bind = addr;
@@ -158,14 +227,42 @@ impl LocalHubBuilder {
 
     /// Starts listening. Must be called inside a tokio runtime.
     pub async fn start(self) -> Result<LocalHub> {
-        let ca = match self.ca {
-            Some(ca) => ca,
-            None => CertificateAuthority::new_root(
+        let dir = self.data_dir.as_deref().map(DataDir::open).transpose()?;
+        let saved_ca = match &dir {
+            Some(d) => d.load_ca()?,
+            None => None,
+        };
+        let ca_is_new = self.ca.is_some() || saved_ca.is_none();
+        let ca = match (self.ca, saved_ca) {
+            (Some(ca), _) | (None, Some(ca)) => ca,
+            (None, None) => CertificateAuthority::new_root(
                 &CaOptions::new("fleetkit local hub CA").with_organization("fleetkit"),
             )?,
         };
         let trust = Arc::new(TrustStore::new());
-        trust.register_ca(ca.certificate().clone())?;
+        let registry = match &dir {
+            Some(d) => d.load_registry(self.partition.clone())?,
+            None => None,
+        }
+        .unwrap_or_else(|| Registry::new(self.partition.clone()));
+        let trust_restored = match &dir {
+            Some(d) => d.load_trust(&trust)?,
+            None => false,
+        };
+        match trust.register_ca(ca.certificate().clone()) {
+            Ok(()) => {}
+            Err(Error::AlreadyExists { .. }) if trust_restored => {}
+            Err(e) => return Err(e),
+        }
+        let broker = match &dir {
+            Some(d) => d.load_broker(&registry)?,
+            None => BrokerState::default(),
+        };
+        if let Some(d) = &dir
+            && ca_is_new
+        {
+            d.save_ca(&ca)?;
+        }
         let mut names = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
@@ -175,13 +272,39 @@ impl LocalHubBuilder {
         let (server_chain, server_key) = super::tls::issue_server_certificate(&ca, &names)?;
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
-            registry: RwLock::new(Registry::new(self.partition)),
-            broker: Mutex::new(BrokerState::default()),
+            registry: RwLock::new(registry),
+            broker: Mutex::new(broker),
             limits: self.limits,
             shutdown: Notify::new(),
             trust: trust.clone(),
             events,
             next_id: AtomicU64::new(1),
+            persist: dir.map(|dir| Persistence {
+                dir,
+                requested: AtomicU64::new(0),
+                done: watch::channel(0).0,
+                wake: Notify::new(),
+            }),
+        });
+        shared.save_admin()?;
+        let flusher = shared.persist.is_some().then(|| {
+            let shared = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                loop {
+                    let Some(s) = shared.upgrade() else { break };
+                    let wake = async {
+                        if let Some(p) = &s.persist {
+                            p.wake.notified().await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = wake => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = s.shutdown.notified() => break,
+                    }
+                    let _ = s.flush_broker();
+                }
+            })
         });
         trust.set_status_hook(Arc::new(RegistryStatus(Arc::downgrade(&shared))));
         let config = super::tls::server_config(
@@ -243,6 +366,7 @@ impl LocalHubBuilder {
             ca,
             addr,
             task: Some(task),
+            flusher,
         })
     }
 }
@@ -267,6 +391,7 @@ pub struct LocalHub {
     ca: CertificateAuthority,
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for LocalHub {
@@ -287,6 +412,7 @@ impl LocalHub {
             ca: None,
             limits: Limits::default(),
             partition: Partition::local(),
+            data_dir: None,
         }
     }
 
@@ -321,7 +447,8 @@ impl LocalHub {
             .registry
             .write()
             .expect("registry lock")
-            .create_device(device)
+            .create_device(device)?;
+        self.shared.save_admin()
     }
 
     /// Enables or disables a device; disabling closes its live connections at once.
@@ -331,6 +458,7 @@ impl LocalHub {
             .write()
             .expect("registry lock")
             .set_device_enabled(device, enabled)?;
+        self.shared.save_admin()?;
         let closed = if enabled {
             0
         } else {
@@ -348,11 +476,14 @@ impl LocalHub {
 
     /// Registers `certificate` for `device` as ACTIVE; returns its id (SHA-256 fingerprint).
     pub fn register_certificate(&self, certificate: Certificate, device: &str) -> Result<String> {
-        self.shared
+        let id = self
+            .shared
             .registry
             .write()
             .expect("registry lock")
-            .register_certificate(certificate, device, CertificateState::Active)
+            .register_certificate(certificate, device, CertificateState::Active)?;
+        self.shared.save_admin()?;
+        Ok(id)
     }
 
     /// Changes a device certificate's state; anything but ACTIVE closes its live connections
@@ -363,6 +494,7 @@ impl LocalHub {
             .write()
             .expect("registry lock")
             .set_certificate_state(id, state)?;
+        self.shared.save_admin()?;
         let closed = if state == CertificateState::Active {
             0
         } else {
@@ -391,7 +523,8 @@ impl LocalHub {
 
     /// Registers another CA whose device certificates the hub accepts (ACTIVE).
     pub fn register_ca(&self, ca: &Certificate) -> Result<()> {
-        self.shared.trust.register_ca(ca.clone())
+        self.shared.trust.register_ca(ca.clone())?;
+        self.shared.save_admin()
     }
 
     /// Changes a registered CA's status; anything but ACTIVE closes the live connections of
@@ -400,6 +533,7 @@ impl LocalHub {
         self.shared
             .trust
             .set_ca_status(&ca.fingerprint_sha256(), status)?;
+        self.shared.save_admin()?;
         let subject = ca.subject_der().to_vec();
         let closed = if status == CaStatus::Active {
             0
@@ -418,6 +552,7 @@ impl LocalHub {
     pub fn add_crl(&self, crl: Crl) -> Result<usize> {
         let revoked: Vec<Vec<u8>> = crl.entries().iter().map(|r| r.serial.clone()).collect();
         self.shared.trust.add_crl(crl)?;
+        self.shared.save_admin()?;
         let registry = self.shared.registry.read().expect("registry lock");
         let closed = self.shared.kill_where(|e| {
             registry.certificate(&e.cert_id).is_some_and(|r| {
@@ -432,11 +567,14 @@ impl LocalHub {
 
     /// Stores a policy (a new version if it exists). Connections see it on their next action.
     pub fn put_policy(&self, name: &str, document: &PolicyDocument) -> Result<u32> {
-        self.shared
+        let version = self
+            .shared
             .registry
             .write()
             .expect("registry lock")
-            .put_policy(name, document)
+            .put_policy(name, document)?;
+        self.shared.save_admin()?;
+        Ok(version)
     }
 
     /// Attaches a policy to a certificate, device, group or scope.
@@ -445,7 +583,8 @@ impl LocalHub {
             .registry
             .write()
             .expect("registry lock")
-            .attach_policy(name, target)
+            .attach_policy(name, target)?;
+        self.shared.save_admin()
     }
 
     /// Reads the registry.
@@ -506,11 +645,30 @@ impl LocalHub {
             .len()
     }
 
-    /// Stops accepting, closes every connection and waits for the listener to end.
+    /// Stops accepting, closes every connection (their persistent sessions keep what was not
+    /// acknowledged), saves the state if there is a data directory, and returns.
     pub async fn shutdown(mut self) {
         self.shared.shutdown.notify_waiters();
+        self.kill_all();
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+        for _ in 0..250 {
+            if self.connection_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(flusher) = self.flusher.take() {
+            flusher.abort();
+        }
+        let _ = self.shared.flush_broker();
+    }
+
+    fn kill_all(&self) {
+        let state = self.shared.broker.lock().expect("broker lock");
+        for entry in state.connections.values() {
+            entry.kill.notify_one();
         }
     }
 }
@@ -521,10 +679,13 @@ impl Drop for LocalHub {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        // Connection tasks wait on `shutdown` too; wake any that were not waiting yet.
-        let state = self.shared.broker.lock().expect("broker lock");
-        for entry in state.connections.values() {
-            entry.kill.notify_one();
+        if let Some(flusher) = self.flusher.take() {
+            flusher.abort();
         }
+        // Connection tasks wait on `shutdown` too; wake any that were not waiting yet.
+        self.kill_all();
+        // Best effort: what connections have not handed back yet is not in this snapshot
+        // (`shutdown().await` waits for them).
+        let _ = self.shared.flush_broker();
     }
 }

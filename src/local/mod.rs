@@ -21,6 +21,7 @@
 
 pub(crate) mod broker;
 mod hub;
+mod persist;
 mod registry;
 pub(crate) mod tls;
 

@@ -9,7 +9,7 @@ use crate::{Error, Result};
 
 /// A device certificate's status, as AWS IoT models it.
 #[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CertificateState {
     /// Connections with it are accepted.
     Active,
@@ -20,7 +20,7 @@ pub enum CertificateState {
 }
 
 /// A registered device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceRecord {
     /// The device id (also its thing name).
     pub id: String,
@@ -71,6 +71,15 @@ pub struct CertificateRecord {
     pub state: CertificateState,
     /// The device it belongs to.
     pub device: String,
+}
+
+/// The registry as saved in a hub's data directory.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RegistrySnapshot {
+    pub(crate) devices: Vec<DeviceRecord>,
+    /// (certificate PEM, state, device id).
+    pub(crate) certificates: Vec<(String, CertificateState, String)>,
+    pub(crate) policies: crate::policy::EngineSnapshot,
 }
 
 /// Devices, certificates and policies. Shared by the broker (which reads it on every connection)
@@ -250,6 +259,39 @@ impl Registry {
     /// Stores a policy version.
     pub(crate) fn put_policy(&mut self, name: &str, document: &PolicyDocument) -> Result<u32> {
         self.policies.put_policy(name, document)
+    }
+
+    /// Everything the registry holds, for the data directory.
+    pub(crate) fn snapshot(&self) -> RegistrySnapshot {
+        let mut devices: Vec<DeviceRecord> = self.devices.values().cloned().collect();
+        devices.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut certificates: Vec<(String, CertificateState, String)> = self
+            .certificates
+            .values()
+            .map(|r| (r.certificate.to_pem(), r.state, r.device.clone()))
+            .collect();
+        certificates.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(&b.0)));
+        RegistrySnapshot {
+            devices,
+            certificates,
+            policies: self.policies.snapshot(),
+        }
+    }
+
+    /// Rebuilds a registry from a snapshot; fails without building anything on bad content.
+    pub(crate) fn restore(partition: Partition, snapshot: &RegistrySnapshot) -> Result<Self> {
+        let mut registry = Registry {
+            devices: HashMap::new(),
+            certificates: HashMap::new(),
+            policies: PolicyEngine::restore(partition, &snapshot.policies)?,
+        };
+        for d in &snapshot.devices {
+            registry.create_device(d.clone())?;
+        }
+        for (pem, state, device) in &snapshot.certificates {
+            registry.register_certificate(Certificate::from_pem(pem)?, device, *state)?;
+        }
+        Ok(registry)
     }
 
     /// Attaches a policy.

@@ -927,3 +927,138 @@ fn condition_holds(c: &CompiledCondition, scope: &Scope<'_>) -> bool {
         }
     }
 }
+
+/// Everything a [`PolicyEngine`] holds, in a form that can be written to disk and read back
+/// (the local hub's data directory uses it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineSnapshot {
+    /// Policies: name, default version, next version number, and kept versions as policy JSON.
+    pub policies: Vec<PolicySnapshot>,
+    /// Attachments as (target kind, target id, policy names); kinds are `certificate`,
+    /// `device`, `group` and `scope`.
+    pub attachments: Vec<(String, String, Vec<String>)>,
+    /// Thing-group parents as (group, parent).
+    pub group_parents: Vec<(String, String)>,
+}
+
+/// One policy in an [`EngineSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicySnapshot {
+    /// Policy name.
+    pub name: String,
+    /// The version in force.
+    pub default_version: u32,
+    /// The number the next version will get.
+    pub next_version: u32,
+    /// Kept versions, oldest first: (version, AWS IoT policy JSON).
+    pub versions: Vec<(u32, String)>,
+}
+
+impl AttachTarget {
+    fn kind_and_id(&self) -> (&'static str, &str) {
+        match self {
+            AttachTarget::Certificate(id) => ("certificate", id),
+            AttachTarget::Device(id) => ("device", id),
+            AttachTarget::Group(id) => ("group", id),
+            AttachTarget::Scope(id) => ("scope", id),
+        }
+    }
+
+    fn from_kind_and_id(kind: &str, id: String) -> Result<Self> {
+        Ok(match kind {
+            "certificate" => AttachTarget::Certificate(id),
+            "device" => AttachTarget::Device(id),
+            "group" => AttachTarget::Group(id),
+            "scope" => AttachTarget::Scope(id),
+            other => {
+                return Err(Error::invalid(
+                    "policy snapshot",
+                    format!("unknown attachment target kind {other:?}"),
+                ));
+            }
+        })
+    }
+}
+
+impl PolicyEngine {
+    /// Everything the engine holds, for saving.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let mut policies: Vec<PolicySnapshot> = self
+            .policies
+            .iter()
+            .map(|(name, stored)| PolicySnapshot {
+                name: name.clone(),
+                default_version: stored.default,
+                next_version: stored.next_version,
+                versions: stored
+                    .versions
+                    .iter()
+                    .map(|v| (v.version, v.document.to_json()))
+                    .collect(),
+            })
+            .collect();
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut attachments: Vec<(String, String, Vec<String>)> = self
+            .attachments
+            .iter()
+            .map(|(target, names)| {
+                let (kind, id) = target.kind_and_id();
+                (kind.to_string(), id.to_string(), names.clone())
+            })
+            .collect();
+        attachments.sort();
+        let mut group_parents: Vec<(String, String)> = self
+            .group_parents
+            .iter()
+            .map(|(g, p)| (g.clone(), p.clone()))
+            .collect();
+        group_parents.sort();
+        EngineSnapshot {
+            policies,
+            attachments,
+            group_parents,
+        }
+    }
+
+    /// Rebuilds an engine from a snapshot, recompiling every kept version. Fails (building
+    /// nothing) if any document no longer parses or an attachment names a missing policy.
+    pub fn restore(partition: Partition, snapshot: &EngineSnapshot) -> Result<Self> {
+        let mut engine = PolicyEngine::new(partition);
+        for p in &snapshot.policies {
+            let mut versions = Vec::with_capacity(p.versions.len());
+            for (version, json) in &p.versions {
+                let doc = PolicyDocument::from_json(json)?;
+                versions.push(Arc::new(CompiledPolicy::compile(
+                    &p.name,
+                    *version,
+                    doc,
+                    &engine.partition,
+                )?));
+            }
+            if !versions.iter().any(|v| v.version == p.default_version) {
+                return Err(Error::invalid(
+                    "policy snapshot",
+                    format!("policy {} has no version {}", p.name, p.default_version),
+                ));
+            }
+            engine.policies.insert(
+                p.name.clone(),
+                StoredPolicy {
+                    versions,
+                    default: p.default_version,
+                    next_version: p.next_version,
+                },
+            );
+        }
+        for (kind, id, names) in &snapshot.attachments {
+            let target = AttachTarget::from_kind_and_id(kind, id.clone())?;
+            for name in names {
+                engine.attach_policy(name, target.clone())?;
+            }
+        }
+        for (group, parent) in &snapshot.group_parents {
+            engine.set_group_parent(group, parent)?;
+        }
+        Ok(engine)
+    }
+}

@@ -36,8 +36,8 @@ pub use context::{
     CertificateContext, ConnectAttributes, PrincipalContext, Request, ResourceKind, ThingContext,
 };
 pub use engine::{
-    AttachTarget, Decision, MAX_POLICY_VERSIONS, Outcome, Partition, PolicyEngine, PolicyInfo,
-    Principal,
+    AttachTarget, Decision, EngineSnapshot, MAX_POLICY_VERSIONS, Outcome, Partition, PolicyEngine,
+    PolicyInfo, PolicySnapshot, Principal,
 };
 pub use model::{
     Action, Condition, ConditionOperator, Effect, MAX_POLICY_CHARS, PolicyDocument, SetQualifier,

@@ -262,8 +262,10 @@ where
                 persistent: !connect.clean_session,
                 pending: Default::default(),
                 principal: principal.clone(),
+                cert_id: cert_id.clone(),
             });
         session.live = Some((conn_id, tx.clone()));
+        session.cert_id = cert_id.clone();
         session.persistent = !connect.clean_session;
         session.principal = principal.clone();
         let backlog: Vec<Delivery> = session.pending.drain(..).collect();
@@ -305,6 +307,7 @@ where
 
     let mut conn = Conn {
         shared: shared.clone(),
+        persistent: !connect.clean_session,
         client_id: client_id.clone(),
         principal,
         generation: shared.policy_generation(),
@@ -404,6 +407,7 @@ fn finish(
                         session.pending.push_back(d);
                     }
                 }
+                shared.request_flush();
             } else {
                 drop_session = true;
             }
@@ -441,6 +445,8 @@ fn finish(
 
 struct Conn {
     shared: Arc<Shared>,
+    /// The session outlives the connection (clean session off).
+    persistent: bool,
     client_id: String,
     principal: Arc<Principal>,
     generation: u64,
@@ -574,6 +580,9 @@ impl Conn {
                         state.subscriptions.unsubscribe(t, &self.client_id);
                     }
                 }
+                if self.persistent {
+                    self.shared.durable().await;
+                }
                 io.send(Packet::UnsubAck(UnsubAck::new(unsub.pkid))).await
             }
             Packet::PingReq => io.send(Packet::PingResp).await,
@@ -623,7 +632,7 @@ impl Conn {
         }
         let qos = from_qos(p.qos);
         let payload: Bytes = p.payload.clone();
-        {
+        let routed = {
             let mut state = self.shared.broker.lock().expect("broker lock");
             if p.retain {
                 state.retain(&p.topic, &payload, qos);
@@ -635,7 +644,11 @@ impl Conn {
                     client_id: client.to_string(),
                     explanation,
                 })
-            });
+            })
+        };
+        // What the hub now promises to keep must be on disk before the client is told so.
+        if qos == 1 && (p.retain || routed.queued > 0) {
+            self.shared.durable().await;
         }
         if qos == 1 {
             io.send(Packet::PubAck(PubAck::new(p.pkid))).await?;

@@ -81,6 +81,9 @@ pub(crate) struct Session {
     pub(crate) pending: VecDeque<Delivery>,
     /// Decides `iot:Receive` for deliveries (also while the client is offline).
     pub(crate) principal: Arc<Principal>,
+    /// The certificate the session authenticated with (its principal is rebuilt from it after
+    /// a restart).
+    pub(crate) cert_id: String,
 }
 
 #[derive(Default)]
@@ -97,8 +100,21 @@ pub(crate) struct BrokerState {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Routed {
     pub(crate) delivered: usize,
+    /// Queued for an offline persistent session: must be durable before the PUBACK.
+    pub(crate) queued: usize,
     pub(crate) denied: usize,
     pub(crate) dropped: usize,
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handed {
+    /// Given to the live connection.
+    Live,
+    /// Kept in the session's queue (persistent session, QoS 1).
+    Queued,
+    /// Dropped: QoS 0 to an offline client, or a full queue.
+    Dropped,
 }
 
 impl BrokerState {
@@ -144,10 +160,10 @@ impl BrokerState {
                 retain: false,
                 dup: false,
             };
-            if deliver(session, delivery, limits) {
-                routed.delivered += 1;
-            } else {
-                routed.dropped += 1;
+            match deliver(session, delivery, limits) {
+                Handed::Live => routed.delivered += 1,
+                Handed::Queued => routed.queued += 1,
+                Handed::Dropped => routed.dropped += 1,
             }
         }
         self.scratch = matches;
@@ -156,11 +172,10 @@ impl BrokerState {
 }
 
 /// Hands a delivery to the session's connection, or queues it for a persistent session.
-/// Returns false if it had to be dropped (queue full, or QoS 0 to an offline client).
-pub(crate) fn deliver(session: &mut Session, delivery: Delivery, limits: &Limits) -> bool {
+pub(crate) fn deliver(session: &mut Session, delivery: Delivery, limits: &Limits) -> Handed {
     if let Some((_, tx)) = &session.live {
         return match tx.try_send(delivery) {
-            Ok(()) => true,
+            Ok(()) => Handed::Live,
             Err(mpsc::error::TrySendError::Full(d)) | Err(mpsc::error::TrySendError::Closed(d)) => {
                 queue_offline(session, d, limits)
             }
@@ -169,11 +184,11 @@ pub(crate) fn deliver(session: &mut Session, delivery: Delivery, limits: &Limits
     queue_offline(session, delivery, limits)
 }
 
-fn queue_offline(session: &mut Session, delivery: Delivery, limits: &Limits) -> bool {
+fn queue_offline(session: &mut Session, delivery: Delivery, limits: &Limits) -> Handed {
     if session.persistent && delivery.qos == 1 && session.pending.len() < limits.offline_queue {
         session.pending.push_back(delivery);
-        true
+        Handed::Queued
     } else {
-        false
+        Handed::Dropped
     }
 }
