@@ -616,3 +616,58 @@ async fn a_restarted_hub_keeps_registry_retained_messages_and_persistent_session
         vec![("fleet/dev-a/cfg".to_string(), b"v7".to_vec(), true)]
     );
 }
+
+#[tokio::test]
+async fn events_are_published_to_principals_allowed_to_read_them() {
+    let (hub, creds) = hub_with(&["dev-a", "monitor"]).await;
+    hub.put_policy(
+        "monitoring",
+        &PolicyDocument::from_json(
+            r#"{"Version": "2012-10-17", "Statement": [
+              {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$fleetkit/events/*"},
+              {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/$fleetkit/events/*"}]}"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    hub.attach_policy("monitoring", AttachTarget::Device("monitor".into()))
+        .unwrap();
+    // dev-a (fleet policy only) may not read events.
+    let (a, mut a_ev) = AsyncClient::new(options(&hub, "dev-a", &creds[0], true), 10);
+    connected(&mut a_ev).await;
+    a.subscribe("$fleetkit/events/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        subscribed(&mut a_ev).await,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+    // The monitor may; it sees dev-a's policy denial and a new connection, as JSON.
+    let (m, mut m_ev) = AsyncClient::new(options(&hub, "monitor", &creds[1], true), 10);
+    connected(&mut m_ev).await;
+    m.subscribe("$fleetkit/events/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    subscribed(&mut m_ev).await;
+    a.publish(
+        "fleet/monitor/x",
+        QoS::AtLeastOnce,
+        false,
+        b"spoof".to_vec(),
+    )
+    .await
+    .unwrap();
+    let _ = timeout(Duration::from_secs(5), fails(&mut a_ev)).await;
+    let got = receive(&mut m_ev, 1).await;
+    let (topic, payload, _) = &got[0];
+    assert_eq!(topic, "$fleetkit/events/policy_denied");
+    let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(json["event"], "policy_denied");
+    assert_eq!(json["client_id"], "dev-a");
+    assert!(
+        json["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("topic/fleet/monitor/x")
+    );
+}

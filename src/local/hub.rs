@@ -18,9 +18,13 @@ use crate::pki::{CaOptions, Certificate, CertificateAuthority, Crl, DeviceCertOp
 use crate::policy::{AttachTarget, Partition, PolicyDocument};
 use crate::{Error, Result};
 
-/// Something that happened in the hub: the stream behind [`LocalHub::events`].
+/// Something that happened in the hub: the stream behind [`LocalHub::events`], also published
+/// as JSON (QoS 0) on `$fleetkit/events/<kind>` (`connected`, `disconnected`, `auth_failure`,
+/// `policy_denied`, `status_changed`) to clients whose policy allows subscribing to and
+/// receiving those topics.
 #[non_exhaustive]
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum HubEvent {
     /// A client connected.
     Connected {
@@ -80,6 +84,42 @@ struct Persistence {
     /// The highest request number covered by a completed flush.
     done: watch::Sender<u64>,
     wake: Notify,
+}
+
+impl HubEvent {
+    /// The event's kind, as in its topic `$fleetkit/events/<kind>`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HubEvent::Connected { .. } => "connected",
+            HubEvent::Disconnected { .. } => "disconnected",
+            HubEvent::AuthFailure { .. } => "auth_failure",
+            HubEvent::PolicyDenied { .. } => "policy_denied",
+            HubEvent::StatusChanged { .. } => "status_changed",
+        }
+    }
+}
+
+/// Publishes events on `$fleetkit/events/<kind>` until the hub goes away. Runs as its own task
+/// because events are raised while the broker lock is held.
+async fn publish_events(shared: std::sync::Weak<Shared>, mut rx: broadcast::Receiver<HubEvent>) {
+    loop {
+        let event = match rx.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        let Ok(json) = serde_json::to_vec(&event) else {
+            continue;
+        };
+        let topic = format!("$fleetkit/events/{}", event.kind());
+        let limits = shared.limits.clone();
+        let mut state = shared.broker.lock().expect("broker lock");
+        // A subscriber refused `iot:Receive` here raises no event: that would loop.
+        state.route(&topic, &bytes::Bytes::from(json), 0, &limits, |_, _| {});
+    }
 }
 
 impl Shared {
@@ -287,6 +327,10 @@ impl LocalHubBuilder {
             }),
         });
         shared.save_admin()?;
+        tokio::spawn(publish_events(
+            Arc::downgrade(&shared),
+            shared.events.subscribe(),
+        ));
         let flusher = shared.persist.is_some().then(|| {
             let shared = Arc::downgrade(&shared);
             tokio::spawn(async move {
