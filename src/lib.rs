@@ -61,6 +61,7 @@
 #![warn(unreachable_pub, rustdoc::broken_intra_doc_links)]
 
 pub mod auth;
+pub mod backend;
 mod error;
 mod fsutil;
 pub mod identity;

@@ -671,3 +671,54 @@ async fn events_are_published_to_principals_allowed_to_read_them() {
             .contains("topic/fleet/monitor/x")
     );
 }
+
+#[tokio::test]
+async fn the_hub_is_administered_through_the_fleet_admin_trait() {
+    use fleetkit::backend::FleetAdmin;
+    let hub = LocalHub::builder().start().await.unwrap();
+    let admin: &dyn FleetAdmin = &hub;
+    admin
+        .create_device(DeviceRecord::new("dev-t").in_group("fleet"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        admin.create_device(DeviceRecord::new("dev-t")).await,
+        Err(fleetkit::Error::AlreadyExists { .. })
+    ));
+    assert!(admin.device("dev-t").await.unwrap().enabled);
+    assert!(matches!(
+        admin.device("nope").await,
+        Err(fleetkit::Error::NotFound { .. })
+    ));
+    admin
+        .put_policy("fleet", &PolicyDocument::from_json(FLEET_POLICY).unwrap())
+        .await
+        .unwrap();
+    admin
+        .attach_policy("fleet", AttachTarget::Group("fleet".into()))
+        .await
+        .unwrap();
+    // A certificate made outside the hub, registered through the trait.
+    let key = Arc::new(fleetkit::identity::SoftwareKey::generate_p256().unwrap());
+    let cert = hub
+        .ca()
+        .issue(
+            &fleetkit::identity::DeviceId::new("dev-t").unwrap(),
+            fleetkit::identity::Signer::public_key_spki(&*key),
+            &fleetkit::pki::DeviceCertOptions::default(),
+        )
+        .unwrap();
+    let id = admin.register_certificate(&cert, "dev-t").await.unwrap();
+    let cred = X509Credential::new(vec![cert.der().clone()], key).unwrap();
+    let (_c, mut ev) = AsyncClient::new(options(&hub, "dev-t", &cred, true), 10);
+    connected(&mut ev).await;
+    admin
+        .set_certificate_state(&id, CertificateState::Inactive)
+        .await
+        .unwrap();
+    fails(&mut ev).await;
+    admin
+        .detach_policy("fleet", &AttachTarget::Group("fleet".into()))
+        .await
+        .unwrap();
+}

@@ -631,6 +631,16 @@ impl LocalHub {
         self.shared.save_admin()
     }
 
+    /// Detaches a policy from a certificate, device, group or scope.
+    pub fn detach_policy(&self, name: &str, target: &AttachTarget) -> Result<()> {
+        self.shared
+            .registry
+            .write()
+            .expect("registry lock")
+            .detach_policy(name, target)?;
+        self.shared.save_admin()
+    }
+
     /// Reads the registry.
     pub fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> T) -> T {
         f(&self.shared.registry.read().expect("registry lock"))
@@ -731,5 +741,60 @@ impl Drop for LocalHub {
         // Best effort: what connections have not handed back yet is not in this snapshot
         // (`shutdown().await` waits for them).
         let _ = self.shared.flush_broker();
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::backend::FleetAdmin for LocalHub {
+    async fn create_device(&self, device: DeviceRecord) -> Result<()> {
+        LocalHub::create_device(self, device)
+    }
+
+    async fn device(&self, id: &str) -> Result<DeviceRecord> {
+        self.with_registry(|r| r.device(id).cloned())
+            .ok_or_else(|| Error::NotFound {
+                what: "device",
+                id: id.to_string(),
+            })
+    }
+
+    async fn set_device_enabled(&self, id: &str, enabled: bool) -> Result<()> {
+        LocalHub::set_device_enabled(self, id, enabled).map(|_| ())
+    }
+
+    async fn register_ca(&self, ca: &Certificate) -> Result<()> {
+        LocalHub::register_ca(self, ca)
+    }
+
+    async fn set_ca_status(&self, ca: &Certificate, status: CaStatus) -> Result<()> {
+        LocalHub::set_ca_status(self, ca, status).map(|_| ())
+    }
+
+    async fn add_crl(&self, crl: Crl) -> Result<()> {
+        LocalHub::add_crl(self, crl).map(|_| ())
+    }
+
+    async fn register_certificate(
+        &self,
+        certificate: &Certificate,
+        device: &str,
+    ) -> Result<String> {
+        LocalHub::register_certificate(self, certificate.clone(), device)
+    }
+
+    async fn set_certificate_state(&self, id: &str, state: CertificateState) -> Result<()> {
+        LocalHub::set_certificate_state(self, id, state).map(|_| ())
+    }
+
+    async fn put_policy(&self, name: &str, document: &PolicyDocument) -> Result<u32> {
+        LocalHub::put_policy(self, name, document)
+    }
+
+    async fn attach_policy(&self, name: &str, target: AttachTarget) -> Result<()> {
+        LocalHub::attach_policy(self, name, target)
+    }
+
+    async fn detach_policy(&self, name: &str, target: &AttachTarget) -> Result<()> {
+        LocalHub::detach_policy(self, name, target)
     }
 }

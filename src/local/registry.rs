@@ -7,58 +7,7 @@ use crate::pki::Certificate;
 use crate::policy::{AttachTarget, Partition, PolicyDocument, PolicyEngine, PrincipalContext};
 use crate::{Error, Result};
 
-/// A device certificate's status, as AWS IoT models it.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum CertificateState {
-    /// Connections with it are accepted.
-    Active,
-    /// Temporarily refused; can be activated again.
-    Inactive,
-    /// Permanently refused.
-    Revoked,
-}
-
-/// A registered device.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DeviceRecord {
-    /// The device id (also its thing name).
-    pub id: String,
-    /// Thing type, if any.
-    pub thing_type: Option<String>,
-    /// Attributes, readable by policies as `iot:Connection.Thing.Attributes[name]`.
-    pub attributes: Vec<(String, String)>,
-    /// Thing groups the device is directly in.
-    pub groups: Vec<String>,
-    /// A disabled device cannot connect.
-    pub enabled: bool,
-}
-
-impl DeviceRecord {
-    /// An enabled device with no type, attributes or groups.
-    pub fn new(id: &str) -> Self {
-        DeviceRecord {
-            id: id.to_string(),
-            thing_type: None,
-            attributes: Vec::new(),
-            groups: Vec::new(),
-            enabled: true,
-        }
-    }
-
-    /// Adds the device to `group`.
-    pub fn in_group(mut self, group: &str) -> Self {
-        self.groups.push(group.to_string());
-        self
-    }
-
-    /// Sets an attribute.
-    pub fn with_attribute(mut self, name: &str, value: &str) -> Self {
-        self.attributes.retain(|(n, _)| n != name);
-        self.attributes.push((name.to_string(), value.to_string()));
-        self
-    }
-}
+pub use crate::backend::{CertificateState, DeviceRecord};
 
 /// A registered device certificate.
 #[derive(Clone, Debug)]
@@ -292,6 +241,11 @@ impl Registry {
             registry.register_certificate(Certificate::from_pem(pem)?, device, *state)?;
         }
         Ok(registry)
+    }
+
+    /// Detaches a policy.
+    pub(crate) fn detach_policy(&mut self, name: &str, target: &AttachTarget) -> Result<()> {
+        self.policies.detach_policy(name, target)
     }
 
     /// Attaches a policy.

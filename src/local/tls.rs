@@ -46,39 +46,7 @@ use crate::identity::{RcgenKey, Signer, SoftwareKey, TlsSigningKey};
 use crate::pki::{Certificate, CertificateAuthority, Crl, KeyUsage};
 use crate::{Error, Result};
 
-/// The status of a CA certificate registered with the hub, as AWS IoT names them.
-///
-/// Only ACTIVE CAs are trust anchors. A device certificate issued under an INACTIVE or REVOKED CA
-/// is refused at the TLS handshake, and so is any chain that presents such a CA certificate as
-/// an intermediate.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CaStatus {
-    /// Devices under this CA may connect.
-    Active,
-    /// Temporarily not trusted (for example before rollout, or while investigating); can be made
-    /// ACTIVE again.
-    Inactive,
-    /// Not trusted, meant for good: the CA's key is considered compromised.
-    Revoked,
-}
-
-impl CaStatus {
-    /// The status as AWS IoT writes it: `ACTIVE`, `INACTIVE` or `REVOKED`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CaStatus::Active => "ACTIVE",
-            CaStatus::Inactive => "INACTIVE",
-            CaStatus::Revoked => "REVOKED",
-        }
-    }
-}
-
-impl fmt::Display for CaStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::backend::CaStatus;
 
 /// A ruling on individual device certificates, consulted after the certificate chain verified.
 ///
