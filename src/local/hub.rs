@@ -228,6 +228,7 @@ pub struct LocalHubBuilder {
     limits: Limits,
     partition: Partition,
     data_dir: Option<std::path::PathBuf>,
+    websocket: bool,
 }
 
 impl LocalHubBuilder {
@@ -262,6 +263,14 @@ impl LocalHubBuilder {
     /// Broker limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Also serves MQTT over WebSocket (WSS, mutual TLS like the MQTT listener) on a second
+    /// port of the same address, at paths `/mqtt` and `/$iothub/websocket` with sub-protocol
+    /// `mqtt` (default off). See [`LocalHub::websocket_addr`].
+    pub fn websocket(mut self, on: bool) -> Self {
+        self.websocket = on;
         self
     }
 
@@ -351,6 +360,18 @@ impl LocalHubBuilder {
             })
         });
         trust.set_status_hook(Arc::new(RegistryStatus(Arc::downgrade(&shared))));
+        let websocket_config = if self.websocket {
+            // WebSocket clients (browsers, SDKs' WebSocket libraries) offer ALPN `http/1.1`.
+            Some(super::tls::server_config(
+                server_chain.clone(),
+                server_key.clone(),
+                trust.clone(),
+                vec![b"http/1.1".to_vec()],
+                false,
+            )?)
+        } else {
+            None
+        };
         let config = super::tls::server_config(
             server_chain,
             server_key,
@@ -362,26 +383,71 @@ impl LocalHubBuilder {
             .await
             .map_err(|e| Error::io(format!("{}", self.bind), e))?;
         let addr = listener.local_addr()?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let accept_shared = shared.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let (tcp, _) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(v) => v,
-                        Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-                    },
-                    _ = accept_shared.shutdown.notified() => break,
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let shared = accept_shared.clone();
-                tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(
-                        shared.limits.connect_timeout,
-                        acceptor.accept(tcp),
-                    )
+        let (websocket_addr, websocket_task) = match websocket_config {
+            Some(config) => {
+                let bind = SocketAddr::new(self.bind.ip(), 0);
+                let listener = TcpListener::bind(bind)
                     .await
+                    .map_err(|e| Error::io(format!("{bind}"), e))?;
+                (
+                    Some(listener.local_addr()?),
+                    Some(spawn_listener(
+                        listener,
+                        config,
+                        shared.clone(),
+                        Transport::WebSocket,
+                    )),
+                )
+            }
+            None => (None, None),
+        };
+        let task = spawn_listener(listener, config, shared.clone(), Transport::Mqtt);
+        Ok(LocalHub {
+            shared,
+            ca,
+            addr,
+            task: Some(task),
+            websocket_addr,
+            websocket_task,
+            flusher,
+        })
+    }
+}
+
+/// What a listener speaks once TLS is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// MQTT directly on TLS.
+    Mqtt,
+    /// MQTT in WebSocket binary frames on TLS.
+    WebSocket,
+}
+
+/// Accepts TLS connections on `listener` until shutdown and serves MQTT on each over
+/// `transport`.
+fn spawn_listener(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    transport: Transport,
+) -> JoinHandle<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                },
+                _ = shared.shutdown.notified() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let tls =
+                    match tokio::time::timeout(shared.limits.connect_timeout, acceptor.accept(tcp))
+                        .await
                     {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -393,26 +459,35 @@ impl LocalHubBuilder {
                         }
                         Err(_) => return,
                     };
-                    let chain = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
-                        .collect();
-                    connection::serve(shared, tls, chain).await;
-                });
-            }
-        });
-        Ok(LocalHub {
-            shared,
-            ca,
-            addr,
-            task: Some(task),
-            flusher,
-        })
-    }
+                let chain = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
+                    .collect();
+                match transport {
+                    Transport::Mqtt => connection::serve(shared, tls, chain).await,
+                    Transport::WebSocket => {
+                        let upgrade = tokio::time::timeout(
+                            shared.limits.connect_timeout,
+                            super::ws::accept(tls),
+                        )
+                        .await;
+                        match upgrade {
+                            Ok(Ok(ws)) => connection::serve(shared, ws, chain).await,
+                            Ok(Err(e)) => shared.event(HubEvent::AuthFailure {
+                                client_id: String::new(),
+                                reason: e.to_string(),
+                            }),
+                            Err(_) => {}
+                        }
+                    }
+                }
+            });
+        }
+    })
 }
 
 /// A running local hub. Dropping it stops the listener and closes every connection.
@@ -435,6 +510,8 @@ pub struct LocalHub {
     ca: CertificateAuthority,
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
+    websocket_addr: Option<SocketAddr>,
+    websocket_task: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
 }
 
@@ -442,6 +519,7 @@ impl std::fmt::Debug for LocalHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalHub")
             .field("mqtt_addr", &self.addr)
+            .field("websocket_addr", &self.websocket_addr)
             .field("ca", &self.ca.certificate().subject())
             .finish_non_exhaustive()
     }
@@ -457,12 +535,19 @@ impl LocalHub {
             limits: Limits::default(),
             partition: Partition::local(),
             data_dir: None,
+            websocket: false,
         }
     }
 
     /// Where MQTT over TLS listens.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where MQTT over WebSocket (WSS) listens, if the builder turned it on: clients connect
+    /// to `wss://localhost:<port>/mqtt` offering sub-protocol `mqtt`.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
     }
 
     /// The hub's CA: clients trust it for the server certificate; it also issues devices.
@@ -707,6 +792,9 @@ impl LocalHub {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        if let Some(task) = self.websocket_task.take() {
+            let _ = task.await;
+        }
         for _ in 0..250 {
             if self.connection_count() == 0 {
                 break;
@@ -731,6 +819,9 @@ impl Drop for LocalHub {
     fn drop(&mut self) {
         self.shared.shutdown.notify_waiters();
         if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.websocket_task.take() {
             task.abort();
         }
         if let Some(flusher) = self.flusher.take() {

@@ -24,6 +24,7 @@ mod hub;
 mod persist;
 mod registry;
 pub(crate) mod tls;
+mod ws;
 
 pub use broker::Limits;
 pub use hub::{HubEvent, LocalHub, LocalHubBuilder};
