@@ -20,7 +20,7 @@ use crate::{Error, Result};
 
 /// Something that happened in the hub: the stream behind [`LocalHub::events`], also published
 /// as JSON (QoS 0) on `$fleetkit/events/<kind>` (`connected`, `disconnected`, `auth_failure`,
-/// `policy_denied`, `status_changed`) to clients whose policy allows subscribing to and
+/// `policy_denied`, `messages_dropped`, `status_changed`) to clients whose policy allows subscribing to and
 /// receiving those topics.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -55,6 +55,14 @@ pub enum HubEvent {
         client_id: String,
         /// The decision's explanation.
         explanation: String,
+    },
+    /// Deliveries were dropped: QoS 0 to an offline client, or a subscriber's bounded queue was
+    /// full (a slow consumer). Memory stays bounded; this says what it cost.
+    MessagesDropped {
+        /// The topic of the dropped message.
+        topic: String,
+        /// How many subscribers did not get it.
+        subscribers: usize,
     },
     /// A device certificate's or CA's status changed, or a device was enabled or disabled.
     StatusChanged {
@@ -94,6 +102,7 @@ impl HubEvent {
             HubEvent::Disconnected { .. } => "disconnected",
             HubEvent::AuthFailure { .. } => "auth_failure",
             HubEvent::PolicyDenied { .. } => "policy_denied",
+            HubEvent::MessagesDropped { .. } => "messages_dropped",
             HubEvent::StatusChanged { .. } => "status_changed",
         }
     }
@@ -476,7 +485,7 @@ fn spawn_listener(
                         )
                         .await;
                         match upgrade {
-                            Ok(Ok(ws)) => connection::serve(shared, ws, chain).await,
+                            Ok(Ok(ws)) => Box::pin(connection::serve(shared, ws, chain)).await,
                             Ok(Err(e)) => shared.event(HubEvent::AuthFailure {
                                 client_id: String::new(),
                                 reason: e.to_string(),

@@ -109,19 +109,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         }
     }
 
-    async fn send(&mut self, packet: Packet) -> Result<(), Closed> {
-        self.write.clear();
+    /// Encodes `packet` into the write buffer; [`flush`](Self::flush) sends it. Batching the
+    /// answers of one loop pass into one write saves a system call per packet.
+    async fn queue(&mut self, packet: Packet) -> Result<(), Closed> {
         packet
             .write(&mut self.write, usize::MAX)
             .map_err(|e| Closed::Protocol(e.to_string()))?;
+        if self.write.len() >= 64 * 1024 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes out whatever is queued.
+    async fn flush(&mut self) -> Result<(), Closed> {
+        if self.write.is_empty() {
+            return Ok(());
+        }
         self.stream
             .write_all(&self.write)
             .await
             .map_err(|e| Closed::Io(e.to_string()))?;
+        self.write.clear();
         self.stream
             .flush()
             .await
             .map_err(|e| Closed::Io(e.to_string()))
+    }
+
+    /// Queues `packet` and sends everything queued now.
+    async fn send(&mut self, packet: Packet) -> Result<(), Closed> {
+        self.queue(packet).await?;
+        self.flush().await
+    }
+
+    /// Whether [`next`](Self::next) would return without reading the socket: a complete
+    /// packet (or a malformed header to report) is already buffered.
+    fn has_buffered(&self) -> bool {
+        !self.read.is_empty()
+            && !matches!(
+                rumqttc::mqttbytes::check(self.read.iter(), self.max),
+                Err(CodecError::InsufficientBytes(_))
+            )
     }
 }
 
@@ -330,6 +359,10 @@ where
                 break 'outer e;
             }
         }
+        // One write for everything this pass produced.
+        if let Err(e) = io.flush().await {
+            break e;
+        }
         let deadline = keep_alive.map(|k| last_heard + k.mul_f32(1.5));
         let room = conn.inflight.len() < shared.limits.inflight_window;
         tokio::select! {
@@ -338,6 +371,18 @@ where
                     last_heard = Instant::now();
                     if let Err(e) = conn.handle(&mut io, packet).await {
                         break e;
+                    }
+                    // Handle whatever else the client pipelined before writing the answers.
+                    while io.has_buffered() {
+                        match io.next().await {
+                            Ok(Some(packet)) => {
+                                if let Err(e) = conn.handle(&mut io, packet).await {
+                                    break 'outer e;
+                                }
+                            }
+                            Ok(None) => break 'outer Closed::Io("connection closed without DISCONNECT".into()),
+                            Err(e) => break 'outer e,
+                        }
                     }
                 }
                 Ok(None) => break Closed::Io("connection closed without DISCONNECT".into()),
@@ -496,7 +541,7 @@ impl Conn {
             publish.dup = d.dup;
             self.inflight.push((pkid, d));
         }
-        io.send(Packet::Publish(publish)).await
+        io.queue(Packet::Publish(publish)).await
     }
 
     fn allocate_pkid(&mut self) -> u16 {
@@ -563,7 +608,7 @@ impl Conn {
                     }
                     retained
                 };
-                io.send(Packet::SubAck(SubAck::new(sub.pkid, codes)))
+                io.queue(Packet::SubAck(SubAck::new(sub.pkid, codes)))
                     .await?;
                 for d in retained {
                     self.send_delivery(io, d).await?;
@@ -583,9 +628,9 @@ impl Conn {
                 if self.persistent {
                     self.shared.durable().await;
                 }
-                io.send(Packet::UnsubAck(UnsubAck::new(unsub.pkid))).await
+                io.queue(Packet::UnsubAck(UnsubAck::new(unsub.pkid))).await
             }
-            Packet::PingReq => io.send(Packet::PingResp).await,
+            Packet::PingReq => io.queue(Packet::PingResp).await,
             Packet::Disconnect => Err(Closed::Disconnect),
             Packet::Connect(_) => Err(Closed::Protocol("second CONNECT".into())),
             Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
@@ -646,12 +691,18 @@ impl Conn {
                 })
             })
         };
+        if qos == 1 && routed.dropped > 0 {
+            self.shared.event(HubEvent::MessagesDropped {
+                topic: p.topic.clone(),
+                subscribers: routed.dropped,
+            });
+        }
         // What the hub now promises to keep must be on disk before the client is told so.
         if qos == 1 && (p.retain || routed.queued > 0) {
             self.shared.durable().await;
         }
         if qos == 1 {
-            io.send(Packet::PubAck(PubAck::new(p.pkid))).await?;
+            io.queue(Packet::PubAck(PubAck::new(p.pkid))).await?;
         }
         Ok(())
     }
