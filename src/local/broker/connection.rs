@@ -341,6 +341,7 @@ where
         principal,
         generation: shared.policy_generation(),
         inflight: Vec::new(),
+        retained: Default::default(),
         next_pkid: 1,
     };
     // Redeliver what the session kept, oldest first.
@@ -352,7 +353,10 @@ where
         while conn.inflight.len() < shared.limits.inflight_window {
             let next = match backlog.pop() {
                 Some(d) => Some(d),
-                None => rx.try_recv().ok(),
+                None => match conn.retained.pop_front() {
+                    Some(d) => Some(d),
+                    None => rx.try_recv().ok(),
+                },
             };
             let Some(d) = next else { break };
             if let Err(e) = conn.send_delivery(&mut io, d).await {
@@ -408,6 +412,7 @@ where
         })
         .collect();
     unacked.extend(backlog.into_iter().rev());
+    unacked.extend(conn.retained.drain(..));
     rx.close();
     while let Ok(d) = rx.try_recv() {
         unacked.push(d);
@@ -497,6 +502,8 @@ struct Conn {
     generation: u64,
     /// Sent QoS 1 deliveries awaiting PUBACK, by packet id.
     inflight: Vec<(u16, Delivery)>,
+    /// Retained messages matched by a SUBSCRIBE, waiting for room in the window.
+    retained: std::collections::VecDeque<Delivery>,
     next_pkid: u16,
 }
 
@@ -610,9 +617,8 @@ impl Conn {
                 };
                 io.queue(Packet::SubAck(SubAck::new(sub.pkid, codes)))
                     .await?;
-                for d in retained {
-                    self.send_delivery(io, d).await?;
-                }
+                // Sent by the main loop, inside the in-flight window like everything else.
+                self.retained.extend(retained);
                 Ok(())
             }
             Packet::Unsubscribe(u) if u.topics.is_empty() => {
