@@ -177,8 +177,8 @@ where
 {
     let mut io = Io {
         stream,
-        read: BytesMut::with_capacity(4096),
-        write: BytesMut::with_capacity(4096),
+        read: BytesMut::with_capacity(1024),
+        write: BytesMut::new(),
         max: shared.limits.max_packet_size,
     };
     let connect = match tokio::time::timeout(shared.limits.connect_timeout, io.next()).await {
