@@ -22,6 +22,11 @@
 //!   offline audit of Device Defender's policy checks.
 //! - [`auth`]: ES256 JWTs minted with any [`Signer`](identity::Signer) and verified by the
 //!   rules of RFC 8725; a verified token's scopes select policies for users and applications.
+//! - `local` (feature `local`, on by default): the local hub — a real MQTT 3.1.1 server over
+//!   mutual TLS and WebSocket with a device registry, CA and CRL handling, and the policy engine
+//!   deciding every action; optionally persistent in a data directory.
+//! - [`backend`]: [`FleetAdmin`](backend::FleetAdmin), the control plane every backend
+//!   implements (the local hub today).
 //!
 //! ## Crypto provider
 //!
