@@ -4,6 +4,7 @@
 //! The TLS handshakes that read the store (hot swap, CRLs, status hook, expiry, openssl
 //! interop) run over loopback sockets in the unit tests of `src/local/tls.rs`, where the
 //! crate-private server configuration is reachable.
+#![cfg(feature = "local")]
 
 use std::sync::Arc;
 use std::thread;

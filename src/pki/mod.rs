@@ -18,6 +18,7 @@ mod crl;
 mod csr;
 mod verify;
 
+#[cfg(feature = "local")]
 pub(crate) use ca::random_serial;
 pub use ca::{CaOptions, CertificateAuthority, DeviceCertOptions};
 pub use certificate::{Certificate, ExtendedKeyUsage, KeyUsage, SubjectAltName};
