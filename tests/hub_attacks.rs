@@ -7,12 +7,14 @@
 //! before the attack, still gets a message published after it.
 #![cfg(feature = "local")]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fleetkit::identity::{ClientIdentity, RcgenKey, Signer, SoftwareKey, X509Credential};
-use fleetkit::local::{CertificateState, DeviceRecord, HubEvent, Limits, LocalHub};
+use fleetkit::identity::{RcgenKey, Signer, SoftwareKey, X509Credential};
+use fleetkit::local::{CertificateState, HubEvent, Limits, LocalHub};
 use fleetkit::pki::Certificate;
 use fleetkit::policy::{AttachTarget, PolicyDocument};
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, Packet, Publish, Subscribe, SubscribeFilter};
@@ -28,15 +30,6 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// The same policy as tests/hub_mqtt.rs.
-const FLEET_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": [
-  {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${fleetkit:DeviceId}*"},
-  {"Effect": "Allow", "Action": ["iot:Publish", "iot:RetainPublish"], "Resource": "arn:aws:iot:*:*:topic/fleet/${fleetkit:DeviceId}/*"},
-  {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/fleet/*"},
-  {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/fleet/*"},
-  {"Effect": "Deny", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/fleet/*/private"}
-]}"#;
-
 /// Allows everything: for checks where the policy must not be what refuses.
 const OPEN_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}"#;
 
@@ -50,32 +43,11 @@ const STEP: Duration = Duration::from_secs(5);
 /// A hub with `limits`, the fleet policy on group `fleet`, and `devices` in that group, each
 /// with an issued credential (in the same order).
 async fn hub_with(limits: Limits, devices: &[&str]) -> (LocalHub, Vec<X509Credential>) {
-    let hub = LocalHub::builder().limits(limits).start().await.unwrap();
-    hub.put_policy("fleet", &PolicyDocument::from_json(FLEET_POLICY).unwrap())
-        .unwrap();
-    hub.attach_policy("fleet", AttachTarget::Group("fleet".into()))
-        .unwrap();
-    let mut creds = Vec::new();
-    for d in devices {
-        hub.create_device(DeviceRecord::new(d).in_group("fleet"))
-            .unwrap();
-        creds.push(hub.issue_device_credential(d).unwrap());
-    }
-    (hub, creds)
+    support::start_fleet(LocalHub::builder().limits(limits), devices).await
 }
 
 fn client_config(hub: &LocalHub, cred: &X509Credential) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(hub.ca_certificate().der().clone()).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(ClientIdentity::new(cred).unwrap())),
-    )
+    support::client_config(hub, cred, &[])
 }
 
 /// Polls until `cond` holds; fails after [`STEP`].

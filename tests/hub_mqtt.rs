@@ -2,10 +2,12 @@
 //! rumqttc, and mosquitto_pub / mosquitto_sub (installed by `.ci/run`).
 #![cfg(feature = "local")]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetkit::identity::{ClientIdentity, X509Credential};
+use fleetkit::identity::X509Credential;
 use fleetkit::local::{CertificateState, DeviceRecord, HubEvent, LocalHub};
 use fleetkit::policy::{AttachTarget, PolicyDocument};
 use rumqttc::{
@@ -14,43 +16,14 @@ use rumqttc::{
 };
 use tokio::time::timeout;
 
-const FLEET_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": [
-  {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${fleetkit:DeviceId}*"},
-  {"Effect": "Allow", "Action": ["iot:Publish", "iot:RetainPublish"], "Resource": "arn:aws:iot:*:*:topic/fleet/${fleetkit:DeviceId}/*"},
-  {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/fleet/*"},
-  {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/fleet/*"},
-  {"Effect": "Deny", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/fleet/*/private"}
-]}"#;
-
 async fn hub_with(devices: &[&str]) -> (LocalHub, Vec<X509Credential>) {
-    let hub = LocalHub::builder().start().await.unwrap();
-    hub.put_policy("fleet", &PolicyDocument::from_json(FLEET_POLICY).unwrap())
-        .unwrap();
-    hub.attach_policy("fleet", AttachTarget::Group("fleet".into()))
-        .unwrap();
-    let mut creds = Vec::new();
-    for d in devices {
-        hub.create_device(DeviceRecord::new(d).in_group("fleet"))
-            .unwrap();
-        creds.push(hub.issue_device_credential(d).unwrap());
-    }
-    (hub, creds)
+    support::start_fleet(LocalHub::builder(), devices).await
 }
 
 fn options(hub: &LocalHub, client_id: &str, cred: &X509Credential, clean: bool) -> MqttOptions {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(hub.ca_certificate().der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_cert_resolver(Arc::new(ClientIdentity::new(cred).unwrap()));
+    let config = support::client_config(hub, cred, &[]);
     let mut opts = MqttOptions::new(client_id, "localhost", hub.mqtt_addr().port());
-    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(config),
-    )));
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     opts.set_clean_session(clean);
     opts.set_keep_alive(Duration::from_secs(30));
     opts
@@ -529,8 +502,11 @@ async fn a_restarted_hub_keeps_registry_retained_messages_and_persistent_session
             .start()
             .await
             .unwrap();
-        hub.put_policy("fleet", &PolicyDocument::from_json(FLEET_POLICY).unwrap())
-            .unwrap();
+        hub.put_policy(
+            "fleet",
+            &PolicyDocument::from_json(support::FLEET_POLICY).unwrap(),
+        )
+        .unwrap();
         hub.attach_policy("fleet", AttachTarget::Group("fleet".into()))
             .unwrap();
         let mut creds = Vec::new();
@@ -691,7 +667,10 @@ async fn the_hub_is_administered_through_the_fleet_admin_trait() {
         Err(fleetkit::Error::NotFound { .. })
     ));
     admin
-        .put_policy("fleet", &PolicyDocument::from_json(FLEET_POLICY).unwrap())
+        .put_policy(
+            "fleet",
+            &PolicyDocument::from_json(support::FLEET_POLICY).unwrap(),
+        )
         .await
         .unwrap();
     admin

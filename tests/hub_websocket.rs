@@ -2,57 +2,30 @@
 //! WebSocket transport, side by side with clients on the plain MQTT/TLS listener.
 #![cfg(feature = "local")]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetkit::identity::{ClientIdentity, X509Credential};
-use fleetkit::local::{DeviceRecord, LocalHub};
-use fleetkit::policy::{AttachTarget, PolicyDocument};
+use fleetkit::identity::X509Credential;
+use fleetkit::local::LocalHub;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
     Transport,
 };
 use tokio::time::timeout;
 
-const FLEET_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": [
-  {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${fleetkit:DeviceId}*"},
-  {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/fleet/${fleetkit:DeviceId}/*"},
-  {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/fleet/*"},
-  {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/fleet/*"}
-]}"#;
-
 /// Within the hub's default packet limit (128 KiB payload), above rumqttc's 10 KiB default.
 const MAX_PACKET: usize = 128 * 1024;
 
 async fn hub_with(devices: &[&str]) -> (LocalHub, Vec<X509Credential>) {
-    let hub = LocalHub::builder().websocket(true).start().await.unwrap();
-    hub.put_policy("fleet", &PolicyDocument::from_json(FLEET_POLICY).unwrap())
-        .unwrap();
-    hub.attach_policy("fleet", AttachTarget::Group("fleet".into()))
-        .unwrap();
-    let mut creds = Vec::new();
-    for d in devices {
-        hub.create_device(DeviceRecord::new(d).in_group("fleet"))
-            .unwrap();
-        creds.push(hub.issue_device_credential(d).unwrap());
-    }
-    (hub, creds)
+    support::start_fleet(LocalHub::builder().websocket(true), devices).await
 }
 
 /// A rustls client configuration trusting the hub's CA and presenting `cred`, offering
 /// `alpn` (browsers and WebSocket libraries offer `http/1.1`).
 fn client_config(hub: &LocalHub, cred: &X509Credential, alpn: &[&[u8]]) -> TlsConfiguration {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(hub.ca_certificate().der().clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_cert_resolver(Arc::new(ClientIdentity::new(cred).unwrap()));
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TlsConfiguration::Rustls(Arc::new(config))
+    TlsConfiguration::Rustls(support::client_config(hub, cred, alpn))
 }
 
 /// MQTT over WSS to the hub's WebSocket listener, at `path`.
