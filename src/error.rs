@@ -70,6 +70,28 @@ pub enum Error {
     #[error("not supported: {0}")]
     NotSupported(String),
 
+    /// The update lost a race: the thing changed since the version the caller based it on
+    /// (a twin or shadow update with a stale expected version). Read again and retry.
+    #[error("conflict on {what}: expected version {expected}, current version is {current}")]
+    Conflict {
+        /// What was being updated ("twin of sensor-1", …).
+        what: String,
+        /// The version the caller expected.
+        expected: u64,
+        /// The version the thing has now.
+        current: u64,
+    },
+
+    /// An operation did not complete in the time allowed (a method call nobody answered,
+    /// a request whose response never came). It may or may not have taken effect.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
+    /// The connection to the hub or cloud is not available right now (disconnected, shut
+    /// down). Retrying later may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
     /// A precondition the caller set did not hold (for example an expected version).
     #[error("precondition failed: {0}")]
     Precondition(String),

@@ -67,6 +67,8 @@
 
 pub mod auth;
 pub mod backend;
+#[cfg(feature = "device")]
+pub mod device;
 mod error;
 mod fsutil;
 pub mod identity;
@@ -74,5 +76,7 @@ pub mod identity;
 pub mod local;
 pub mod pki;
 pub mod policy;
+#[cfg(feature = "device")]
+pub mod protocol;
 
 pub use error::{Error, Result};

@@ -19,6 +19,7 @@
 //!   and every delivery (`iot:Receive`). A denied CONNECT gets CONNACK 5, a denied filter SUBACK
 //!   0x80, a denied publish closes the connection; each denial is an event with its explanation.
 
+pub mod admin;
 pub(crate) mod broker;
 mod hub;
 mod persist;

@@ -1,0 +1,1 @@
+//! The twin model (being written).

@@ -1,0 +1,1 @@
+//! How bytes move between a device and its hub (being written).
