@@ -10,6 +10,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::broker::{BrokerState, Limits, connection};
+use super::dialect::{HubDialect, MethodResponse, NativeHubDialect, Outbox, Transport};
 use super::persist::DataDir;
 use super::registry::{CertificateState, DeviceRecord, Registry};
 use super::tls::{CaStatus, CertificateStatus, TrustStore};
@@ -78,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) broker: Mutex<BrokerState>,
     pub(crate) limits: Limits,
     pub(crate) shutdown: Notify,
+    pub(crate) dialect: Arc<dyn HubDialect>,
+    pub(crate) outbox: Outbox,
     trust: Arc<TrustStore>,
     events: broadcast::Sender<HubEvent>,
     next_id: AtomicU64,
@@ -229,15 +232,30 @@ impl CertificateStatus for RegistryStatus {
 }
 
 /// Configures and starts a [`LocalHub`].
-#[derive(Debug)]
 pub struct LocalHubBuilder {
     bind: SocketAddr,
     host_names: Vec<String>,
     ca: Option<CertificateAuthority>,
-    limits: Limits,
+    limits: Option<Limits>,
     partition: Partition,
     data_dir: Option<std::path::PathBuf>,
     websocket: bool,
+    tcp: Option<SocketAddr>,
+    dialect: Arc<dyn HubDialect>,
+}
+
+impl std::fmt::Debug for LocalHubBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalHubBuilder")
+            .field("bind", &self.bind)
+            .field("host_names", &self.host_names)
+            .field("limits", &self.limits)
+            .field("data_dir", &self.data_dir)
+            .field("websocket", &self.websocket)
+            .field("tcp", &self.tcp)
+            .field("dialect", &self.dialect.name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalHubBuilder {
@@ -269,9 +287,24 @@ impl LocalHubBuilder {
         self
     }
 
-    /// Broker limits.
+    /// Broker limits (default: the dialect's).
     pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The dialect the hub speaks (default: [`NativeHubDialect`]).
+    pub fn dialect(mut self, dialect: impl HubDialect) -> Self {
+        self.dialect = Arc::new(dialect);
+        self
+    }
+
+    /// Also serves MQTT over **plain TCP** at `addr` (port 0: any free port), for clients
+    /// that cannot do TLS. Off by default. Without TLS there is no client certificate, so
+    /// only a dialect with a password hook can admit anyone there; credentials cross the
+    /// network in the clear, so keep it on loopback. See [`LocalHub::tcp_addr`].
+    pub fn tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp = Some(addr);
         self
     }
 
@@ -329,11 +362,14 @@ impl LocalHubBuilder {
         names.extend(self.host_names);
         let (server_chain, server_key) = super::tls::issue_server_certificate(&ca, &names)?;
         let (events, _) = broadcast::channel(1024);
-        let shared = Arc::new(Shared {
+        let limits = self.limits.unwrap_or_else(|| self.dialect.limits());
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| Shared {
             registry: RwLock::new(registry),
             broker: Mutex::new(broker),
-            limits: self.limits,
+            limits,
             shutdown: Notify::new(),
+            dialect: self.dialect.clone(),
+            outbox: Outbox::from_weak(weak.clone()),
             trust: trust.clone(),
             events,
             next_id: AtomicU64::new(1),
@@ -345,6 +381,7 @@ impl LocalHubBuilder {
             }),
         });
         shared.save_admin()?;
+        shared.dialect.attach(shared.outbox.clone());
         tokio::spawn(publish_events(
             Arc::downgrade(&shared),
             shared.events.subscribe(),
@@ -410,7 +447,19 @@ impl LocalHubBuilder {
             }
             None => (None, None),
         };
-        let task = spawn_listener(listener, config, shared.clone(), Transport::Mqtt);
+        let (tcp_addr, tcp_task) = match self.tcp {
+            Some(bind) => {
+                let listener = TcpListener::bind(bind)
+                    .await
+                    .map_err(|e| Error::io(format!("{bind}"), e))?;
+                (
+                    Some(listener.local_addr()?),
+                    Some(spawn_tcp_listener(listener, shared.clone())),
+                )
+            }
+            None => (None, None),
+        };
+        let task = spawn_listener(listener, config, shared.clone(), Transport::Tls);
         Ok(LocalHub {
             shared,
             ca,
@@ -418,18 +467,29 @@ impl LocalHubBuilder {
             task: Some(task),
             websocket_addr,
             websocket_task,
+            tcp_addr,
+            tcp_task,
             flusher,
         })
     }
 }
 
-/// What a listener speaks once TLS is up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
-    /// MQTT directly on TLS.
-    Mqtt,
-    /// MQTT in WebSocket binary frames on TLS.
-    WebSocket,
+/// Accepts plain TCP connections on `listener` until shutdown and serves MQTT on each.
+fn spawn_tcp_listener(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                },
+                _ = shared.shutdown.notified() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let shared = shared.clone();
+            tokio::spawn(connection::serve(shared, tcp, Vec::new(), Transport::Tcp));
+        }
+    })
 }
 
 /// Accepts TLS connections on `listener` until shutdown and serves MQTT on each over
@@ -477,7 +537,9 @@ fn spawn_listener(
                     .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
                     .collect();
                 match transport {
-                    Transport::Mqtt => connection::serve(shared, tls, chain).await,
+                    Transport::Tls | Transport::Tcp => {
+                        connection::serve(shared, tls, chain, Transport::Tls).await
+                    }
                     Transport::WebSocket => {
                         let upgrade = tokio::time::timeout(
                             shared.limits.connect_timeout,
@@ -485,7 +547,10 @@ fn spawn_listener(
                         )
                         .await;
                         match upgrade {
-                            Ok(Ok(ws)) => Box::pin(connection::serve(shared, ws, chain)).await,
+                            Ok(Ok(ws)) => {
+                                Box::pin(connection::serve(shared, ws, chain, Transport::WebSocket))
+                                    .await
+                            }
                             Ok(Err(e)) => shared.event(HubEvent::AuthFailure {
                                 client_id: String::new(),
                                 reason: e.to_string(),
@@ -497,6 +562,61 @@ fn spawn_listener(
             });
         }
     })
+}
+
+/// A cloud-side subscription to device messages (see [`LocalHub::subscribe`]).
+pub struct HubSubscription {
+    shared: std::sync::Weak<Shared>,
+    key: String,
+    rx: tokio::sync::mpsc::Receiver<super::broker::Delivery>,
+}
+
+impl std::fmt::Debug for HubSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubSubscription").finish_non_exhaustive()
+    }
+}
+
+/// A message a [`HubSubscription`] received.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubMessage {
+    /// The topic it was published on.
+    pub topic: String,
+    /// Its payload.
+    pub payload: bytes::Bytes,
+    /// The QoS it was published with.
+    pub qos: u8,
+}
+
+impl HubSubscription {
+    /// The next message; `None` once the hub has shut down.
+    pub async fn recv(&mut self) -> Option<HubMessage> {
+        self.rx.recv().await.map(|d| HubMessage {
+            topic: d.topic.to_string(),
+            payload: d.payload,
+            qos: d.qos,
+        })
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<HubMessage> {
+        self.rx.try_recv().ok().map(|d| HubMessage {
+            topic: d.topic.to_string(),
+            payload: d.payload,
+            qos: d.qos,
+        })
+    }
+}
+
+impl Drop for HubSubscription {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            let mut state = shared.broker.lock().expect("broker lock");
+            state.sessions.remove(&self.key);
+            state.subscriptions.remove_key(&self.key);
+        }
+    }
 }
 
 /// A running local hub. Dropping it stops the listener and closes every connection.
@@ -521,6 +641,8 @@ pub struct LocalHub {
     task: Option<JoinHandle<()>>,
     websocket_addr: Option<SocketAddr>,
     websocket_task: Option<JoinHandle<()>>,
+    tcp_addr: Option<SocketAddr>,
+    tcp_task: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
 }
 
@@ -541,10 +663,12 @@ impl LocalHub {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             host_names: Vec::new(),
             ca: None,
-            limits: Limits::default(),
+            limits: None,
             partition: Partition::local(),
             data_dir: None,
             websocket: false,
+            tcp: None,
+            dialect: Arc::new(NativeHubDialect::new()),
         }
     }
 
@@ -557,6 +681,69 @@ impl LocalHub {
     /// to `wss://localhost:<port>/mqtt` offering sub-protocol `mqtt`.
     pub fn websocket_addr(&self) -> Option<SocketAddr> {
         self.websocket_addr
+    }
+
+    /// Where MQTT over plain TCP listens, if the builder asked for it
+    /// ([`LocalHubBuilder::tcp`]).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The dialect the hub speaks.
+    pub fn dialect(&self) -> &Arc<dyn HubDialect> {
+        &self.shared.dialect
+    }
+
+    /// Sends a command (cloud-to-device message, QoS 1) to `device`. Returns how many
+    /// sessions it reached, live or queued for an offline persistent session;
+    /// [`Error::Unavailable`] if none subscribes to the device's commands.
+    pub async fn send_command(
+        &self,
+        device: &str,
+        name: &str,
+        payload: impl Into<bytes::Bytes>,
+    ) -> Result<usize> {
+        self.shared
+            .dialect
+            .send_command(device, name, payload.into())
+            .await
+    }
+
+    /// The device's twin as the hub holds it.
+    pub fn twin(&self, device: &str) -> Result<crate::device::twin::TwinDocument> {
+        self.shared.dialect.twin(device)
+    }
+
+    /// Changes the device's desired properties with a JSON merge patch (`null` deletes);
+    /// with `expected_version` the change applies only if the twin is still at that version
+    /// ([`Error::Conflict`] otherwise, and nothing changes). The device is notified.
+    /// Returns the twin's new version.
+    pub async fn update_desired(
+        &self,
+        device: &str,
+        patch: serde_json::Value,
+        expected_version: Option<u64>,
+    ) -> Result<u64> {
+        self.shared
+            .dialect
+            .update_desired(device, patch, expected_version)
+            .await
+    }
+
+    /// Invokes direct method `method` on `device` and waits up to `timeout` for the answer.
+    /// [`Error::Unavailable`] if the device is not connected or not listening for methods,
+    /// [`Error::Timeout`] if it does not answer in time.
+    pub async fn invoke_method(
+        &self,
+        device: &str,
+        method: &str,
+        payload: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<MethodResponse> {
+        self.shared
+            .dialect
+            .invoke_method(device, method, payload, timeout)
+            .await
     }
 
     /// The hub's CA: clients trust it for the server certificate; it also issues devices.
@@ -750,7 +937,47 @@ impl LocalHub {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
-        connection::serve(self.shared.clone(), stream, client_chain).await;
+        connection::serve(self.shared.clone(), stream, client_chain, Transport::Tls).await;
+    }
+
+    /// Subscribes the **cloud side** to `filter`: what devices publish there (and are allowed
+    /// to publish) arrives on the returned [`HubSubscription`], as a rules engine or an Event
+    /// Hub endpoint would receive it. Deliveries to it are not policy-checked (it is the hub
+    /// itself); its queue is bounded, and messages that find it full are dropped with a
+    /// [`HubEvent::MessagesDropped`]. Dropping the subscription unsubscribes.
+    pub fn subscribe(&self, filter: &str) -> Result<HubSubscription> {
+        super::broker::topic::validate_topic_filter(filter)
+            .map_err(|e| Error::invalid("topic filter", format!("{filter:?}: {e}")))?;
+        let n = self.shared.next_connection_id();
+        let key = format!("\0hub-{n}");
+        let (tx, rx) = tokio::sync::mpsc::channel(self.shared.limits.client_queue);
+        let principal = {
+            let registry = self.shared.registry.read().expect("registry lock");
+            Arc::new(
+                registry
+                    .policies()
+                    .principal(crate::policy::PrincipalContext::default()),
+            )
+        };
+        let mut state = self.shared.broker.lock().expect("broker lock");
+        state.sessions.insert(
+            key.clone(),
+            super::broker::Session {
+                live: Some((0, tx)),
+                persistent: false,
+                pending: Default::default(),
+                principal,
+                cert_id: String::new(),
+                device: String::new(),
+                internal: true,
+            },
+        );
+        state.subscriptions.subscribe(filter, key.clone(), 1);
+        Ok(HubSubscription {
+            shared: Arc::downgrade(&self.shared),
+            key,
+            rx,
+        })
     }
 
     /// Client ids of the live MQTT connections, sorted.
@@ -804,6 +1031,9 @@ impl LocalHub {
         if let Some(task) = self.websocket_task.take() {
             let _ = task.await;
         }
+        if let Some(task) = self.tcp_task.take() {
+            let _ = task.await;
+        }
         for _ in 0..250 {
             if self.connection_count() == 0 {
                 break;
@@ -831,6 +1061,9 @@ impl Drop for LocalHub {
             task.abort();
         }
         if let Some(task) = self.websocket_task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.tcp_task.take() {
             task.abort();
         }
         if let Some(flusher) = self.flusher.take() {

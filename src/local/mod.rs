@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub(crate) mod broker;
+pub mod dialect;
 mod hub;
 mod persist;
 mod registry;
@@ -28,6 +29,6 @@ pub(crate) mod tls;
 mod ws;
 
 pub use broker::Limits;
-pub use hub::{HubEvent, LocalHub, LocalHubBuilder};
+pub use hub::{HubEvent, HubMessage, HubSubscription, LocalHub, LocalHubBuilder};
 pub use registry::{CertificateRecord, CertificateState, DeviceRecord, Registry};
 pub use tls::{CaStatus, CertificateStatus, TrustStore};

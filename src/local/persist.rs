@@ -52,7 +52,11 @@ struct BrokerSnapshot {
 struct SessionSnapshot {
     client_id: String,
     /// The certificate the session authenticated with: its principal is rebuilt from it.
+    /// Empty for a password-authenticated session, whose principal comes from `device`.
     cert_id: String,
+    /// The registry device (absent in files written before password authentication).
+    #[serde(default)]
+    device: String,
     subscriptions: Vec<(String, u8)>,
     /// (topic, base64 payload, QoS, DUP).
     pending: Vec<(String, String, u8, bool)>,
@@ -193,10 +197,18 @@ impl DataDir {
             state.retain(topic, &decode(payload)?, *qos);
         }
         for s in snapshot.sessions {
-            let Some(record) = registry.certificate(&s.cert_id) else {
-                continue;
+            let ctx = if s.cert_id.is_empty() {
+                match registry.device_principal_context(&s.device, &s.client_id) {
+                    Ok(ctx) => ctx,
+                    Err(_) => continue,
+                }
+            } else {
+                let Some(record) = registry.certificate(&s.cert_id) else {
+                    continue;
+                };
+                registry.principal_context(record, &s.client_id)
             };
-            let ctx = registry.principal_context(record, &s.client_id);
+            let device = ctx.device_id.clone().unwrap_or_default();
             let principal = std::sync::Arc::new(registry.policies().principal(ctx));
             for (filter, qos) in &s.subscriptions {
                 state
@@ -221,6 +233,8 @@ impl DataDir {
                     pending,
                     principal,
                     cert_id: s.cert_id,
+                    device,
+                    internal: false,
                 },
             );
         }
@@ -242,6 +256,7 @@ impl DataDir {
             .map(|(client, s)| SessionSnapshot {
                 client_id: client.clone(),
                 cert_id: s.cert_id.clone(),
+                device: s.device.clone(),
                 subscriptions: state.subscriptions.filters_of(client),
                 pending: s
                     .pending

@@ -188,6 +188,31 @@ impl Registry {
     }
 
     /// The principal context of a device connecting with `leaf` as `client_id`.
+    /// The principal context of a device that authenticated without a certificate (by the
+    /// password hook): the device must exist and be enabled.
+    pub(crate) fn device_principal_context(
+        &self,
+        device: &str,
+        client_id: &str,
+    ) -> Result<PrincipalContext> {
+        let record = self
+            .devices
+            .get(device)
+            .ok_or_else(|| Error::Unauthenticated(format!("device {device} is not registered")))?;
+        if !record.enabled {
+            return Err(Error::PermissionDenied(format!(
+                "device {device} is disabled"
+            )));
+        }
+        let mut ctx = PrincipalContext::device(device, client_id, None);
+        ctx.groups = record.groups.clone();
+        if let Some(thing) = ctx.thing.as_mut() {
+            thing.type_name = record.thing_type.clone();
+            thing.attributes = record.attributes.clone();
+        }
+        Ok(ctx)
+    }
+
     pub(crate) fn principal_context(
         &self,
         record: &CertificateRecord,

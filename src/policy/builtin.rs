@@ -3,6 +3,7 @@
 //!
 //! | function | for | client id | topics |
 //! |---|---|---|---|
+//! | [`native_device`] | the local hub's native dialect | the device id | `devices/{id}/telemetry…` + `$fleetkit/devices/{id}/…` |
 //! | [`azure_device`] | Azure IoT Hub dialect | the device id | `devices/{id}/…` + per-connection `$iothub/…` |
 //! | [`gcp_device`] | Cloud IoT Core / ClearBlade dialect | `projects/…/devices/{id}` | `/devices/{id}/…` |
 //! | [`aws_thing_scoped`] | AWS IoT Core (exportable) | the thing name | `$aws/things/{thing}/shadow/…`, `…/jobs/…` |
@@ -87,6 +88,57 @@ fn literal(s: &str) -> String {
         }
     }
     out
+}
+
+/// A device of the local hub's native dialect (topics in [`crate::device::native`] when
+/// the `device` feature is on), by registry device id: least privilege for everything the
+/// `DeviceClient` does.
+///
+/// | action | resources |
+/// |---|---|
+/// | `iot:Connect` | `client/${fleetkit:DeviceId}` — the client id must be the device id |
+/// | `iot:Publish` | telemetry `devices/{id}/telemetry` and `devices/{id}/telemetry/*`; `$fleetkit/devices/{id}/twin/get/*`, `…/twin/reported/*`, `…/methods/res/*` |
+/// | `iot:Subscribe` | `$fleetkit/devices/{id}/commands/#`, `…/twin/res/#`, `…/twin/desired`, `…/methods/req/#` |
+/// | `iot:Receive` | `$fleetkit/devices/{id}/*` |
+///
+/// Nothing else: no other device's topics, no retained messages, no reading its own or
+/// anyone's telemetry.
+pub fn native_device() -> PolicyDocument {
+    let tel = format!("devices/{DEVICE_ID}/telemetry");
+    let own = format!("${{$}}fleetkit/devices/{DEVICE_ID}");
+    PolicyDocument::new(vec![
+        allow(
+            "ConnectAsDeviceId",
+            &["iot:Connect"],
+            &[arn("client", DEVICE_ID)],
+        ),
+        allow(
+            "TelemetryTwinMethodAnswers",
+            &["iot:Publish"],
+            &[
+                arn("topic", &tel),
+                arn("topic", &format!("{tel}/*")),
+                arn("topic", &format!("{own}/twin/get/*")),
+                arn("topic", &format!("{own}/twin/reported/*")),
+                arn("topic", &format!("{own}/methods/res/*")),
+            ],
+        ),
+        allow(
+            "SubscribeCommandsTwinMethods",
+            &["iot:Subscribe"],
+            &[
+                arn("topicfilter", &format!("{own}/commands/#")),
+                arn("topicfilter", &format!("{own}/twin/res/#")),
+                arn("topicfilter", &format!("{own}/twin/desired")),
+                arn("topicfilter", &format!("{own}/methods/req/#")),
+            ],
+        ),
+        allow(
+            "ReceiveOwnReserved",
+            &["iot:Receive"],
+            &[arn("topic", &format!("{own}/*"))],
+        ),
+    ])
 }
 
 /// An Azure IoT Hub device (MQTT topics of PROTOCOLS.md §2.5), by registry device id.
@@ -354,6 +406,56 @@ mod tests {
         ]
     }
 
+    fn native_requests(id: &str) -> Vec<(Action, String)> {
+        let own = format!("$fleetkit/devices/{id}");
+        vec![
+            (Action::Connect, id.to_string()),
+            (Action::Publish, format!("devices/{id}/telemetry")),
+            (
+                Action::Publish,
+                format!("devices/{id}/telemetry/unit=C&seq=1"),
+            ),
+            (Action::Publish, format!("{own}/twin/get/1")),
+            (Action::Publish, format!("{own}/twin/reported/2")),
+            (Action::Publish, format!("{own}/methods/res/200/3")),
+            (Action::Subscribe, format!("{own}/commands/#")),
+            (Action::Subscribe, format!("{own}/twin/res/#")),
+            (Action::Subscribe, format!("{own}/twin/desired")),
+            (Action::Subscribe, format!("{own}/methods/req/#")),
+            (Action::Receive, format!("{own}/commands/reboot")),
+            (Action::Receive, format!("{own}/twin/res/200/1")),
+            (Action::Receive, format!("{own}/twin/desired")),
+            (Action::Receive, format!("{own}/methods/req/reboot/4")),
+        ]
+    }
+
+    #[test]
+    fn native_device_allows_its_own_topics_and_nothing_else() {
+        let engine = engine(&native_device());
+        assert_own_allowed(&engine, native_requests, same, "dev-a");
+        assert_isolated(&engine, native_requests, same, "dev-a", "dev-b");
+        assert_isolated(&engine, native_requests, same, "dev-b", "dev-a");
+        let p = device(&engine, "dev-a", "dev-a");
+        for (action, name) in [
+            // The hub's side of each exchange, never the device's.
+            (Action::Publish, "$fleetkit/devices/dev-a/commands/reboot"),
+            (Action::Publish, "$fleetkit/devices/dev-a/twin/desired"),
+            (Action::Publish, "$fleetkit/devices/dev-a/twin/res/200/1"),
+            (Action::Publish, "$fleetkit/devices/dev-a/methods/req/m/1"),
+            // No reading telemetry, no wildcards over devices.
+            (Action::Subscribe, "devices/dev-a/telemetry"),
+            (Action::Subscribe, "$fleetkit/devices/+/commands/#"),
+            (Action::Subscribe, "$fleetkit/events/#"),
+            (Action::Receive, "devices/dev-a/telemetry"),
+        ] {
+            assert!(!allowed(&p, request(action, name)), "{action} {name}");
+        }
+        assert!(!allowed(
+            &p,
+            Request::retain_publish("devices/dev-a/telemetry")
+        ));
+    }
+
     fn gcp_client(id: &str) -> String {
         format!("projects/p1/locations/us-central1/registries/r1/devices/{id}")
     }
@@ -550,7 +652,8 @@ mod tests {
 
     #[test]
     fn builtins_isolate_devices_whose_ids_are_wildcards() {
-        let cases: [(PolicyDocument, Requests, ClientId); 3] = [
+        let cases: [(PolicyDocument, Requests, ClientId); 4] = [
+            (native_device(), native_requests, same),
             (azure_device(), azure_requests, same),
             (gcp_device(), gcp_requests, gcp_client),
             (aws_thing_scoped(), aws_requests, same),
@@ -767,6 +870,7 @@ mod tests {
     #[test]
     fn builtins_pass_the_audit() {
         for (name, doc) in [
+            ("native", native_device()),
             ("azure", azure_device()),
             ("gcp", gcp_device()),
             ("aws", aws_thing_scoped()),

@@ -14,6 +14,8 @@ use tokio::time::Instant;
 
 use super::topic::{validate_topic_filter, validate_topic_name};
 use super::{ConnectionEntry, Delivery, Session};
+use crate::Error;
+use crate::local::dialect::{Authenticated, DeniedPublish, Hello, Publisher, Transport};
 use crate::local::hub::{HubEvent, Shared};
 use crate::pki::Certificate;
 use crate::policy::{ConnectAttributes, Principal, Request};
@@ -171,8 +173,12 @@ fn from_qos(q: QoS) -> u8 {
 }
 
 /// Serves one connection until it ends. `chain` is the client's certificate chain (leaf first).
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, chain: Vec<Certificate>)
-where
+pub(crate) async fn serve<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    chain: Vec<Certificate>,
+    transport: Transport,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut io = Io {
@@ -191,29 +197,51 @@ where
         Ok(Ok(Some(_))) => return, // first packet must be CONNECT: close silently (MQTT-3.1.0-1)
         _ => return,
     };
-    let Some(leaf) = chain.first() else {
-        shared.event(HubEvent::AuthFailure {
-            client_id: connect.client_id.clone(),
-            reason: "no client certificate".into(),
-        });
-        refuse(&mut io, ConnectReturnCode::NotAuthorized).await;
-        return;
-    };
-    // Authentication: the certificate must be registered, active, for an enabled device.
+    // Authentication: the dialect decides who this is (by default a registered, active
+    // certificate of an enabled device).
+    let login = connect.login.as_ref();
     let admitted = {
+        let hello = Hello {
+            client_id: &connect.client_id,
+            username: login.map(|l| l.username.as_str()),
+            password: login.map(|l| l.password.as_str()),
+            certificate: chain.first(),
+            transport,
+        };
         let registry = shared.registry.read().expect("registry lock");
-        registry.admit(leaf).map(|record| {
-            let mut ctx = registry.principal_context(record, &connect.client_id);
-            ctx.connect = ConnectAttributes {
-                persistent_session: !connect.clean_session,
-                last_will: connect.last_will.is_some(),
-            };
-            (
-                record.device.clone(),
-                record.id.clone(),
-                Arc::new(registry.policies().principal(ctx)),
-            )
-        })
+        shared
+            .dialect
+            .authenticate(&hello, &registry)
+            .and_then(|auth| {
+                let (mut ctx, device, cert_id) = match auth {
+                    Authenticated::Certificate { cert_id } => {
+                        let record = registry.certificate(&cert_id).ok_or_else(|| {
+                            Error::Unauthenticated(format!(
+                                "certificate {cert_id} is not registered"
+                            ))
+                        })?;
+                        (
+                            registry.principal_context(record, &connect.client_id),
+                            record.device.clone(),
+                            cert_id,
+                        )
+                    }
+                    Authenticated::Password { device } => (
+                        registry.device_principal_context(&device, &connect.client_id)?,
+                        device,
+                        String::new(),
+                    ),
+                };
+                ctx.connect = ConnectAttributes {
+                    persistent_session: !connect.clean_session,
+                    last_will: connect.last_will.is_some(),
+                };
+                Ok((
+                    device,
+                    cert_id,
+                    Arc::new(registry.policies().principal(ctx)),
+                ))
+            })
     };
     let (device, cert_id, principal) = match admitted {
         Ok(v) => v,
@@ -227,7 +255,8 @@ where
         }
     };
     let client_id = connect.client_id.clone();
-    if client_id.is_empty() {
+    // MQTT-1.5.3-2: no U+0000 in strings (the hub's own subscribers use it in their ids).
+    if client_id.is_empty() || client_id.contains('\0') {
         refuse(&mut io, ConnectReturnCode::BadClientId).await;
         return;
     }
@@ -292,9 +321,12 @@ where
                 pending: Default::default(),
                 principal: principal.clone(),
                 cert_id: cert_id.clone(),
+                device: device.clone(),
+                internal: false,
             });
         session.live = Some((conn_id, tx.clone()));
         session.cert_id = cert_id.clone();
+        session.device = device.clone();
         session.persistent = !connect.clean_session;
         session.principal = principal.clone();
         let backlog: Vec<Delivery> = session.pending.drain(..).collect();
@@ -338,6 +370,7 @@ where
         shared: shared.clone(),
         persistent: !connect.clean_session,
         client_id: client_id.clone(),
+        device: device.clone(),
         principal,
         generation: shared.policy_generation(),
         inflight: Vec::new(),
@@ -498,6 +531,8 @@ struct Conn {
     /// The session outlives the connection (clean session off).
     persistent: bool,
     client_id: String,
+    /// The registry device the client authenticated as.
+    device: String,
     principal: Arc<Principal>,
     generation: u64,
     /// Sent QoS 1 deliveries awaiting PUBACK, by packet id.
@@ -664,10 +699,12 @@ impl Conn {
                 p.topic
             )));
         }
-        if p.topic.starts_with('$') {
+        let service = p.topic.starts_with('$') && self.shared.dialect.serves(&p.topic);
+        if p.topic.starts_with('$') && !service {
             return Err(Closed::Protocol(format!(
-                "publish to reserved topic {:?}, which no service of this dialect owns",
-                p.topic
+                "publish to reserved topic {:?}, which no service of the {} dialect owns",
+                p.topic,
+                self.shared.dialect.name()
             )));
         }
         let principal = self.principal();
@@ -678,8 +715,35 @@ impl Conn {
         if !decision.is_allowed() {
             let explanation = decision.to_string();
             self.deny(explanation.clone());
-            // Native dialect: an unauthorized publish closes the connection (AWS does the same).
-            return Err(Closed::Denied(explanation));
+            return match self.shared.dialect.denied_publish() {
+                DeniedPublish::Disconnect => Err(Closed::Denied(explanation)),
+                DeniedPublish::Drop => {
+                    if p.qos == QoS::AtLeastOnce {
+                        io.queue(Packet::PubAck(PubAck::new(p.pkid))).await?;
+                    }
+                    Ok(())
+                }
+            };
+        }
+        if service {
+            let from = Publisher {
+                client_id: &self.client_id,
+                device: &self.device,
+            };
+            if let Err(e) =
+                self.shared
+                    .dialect
+                    .on_publish(&from, &p.topic, &p.payload, &self.shared.outbox)
+            {
+                return Err(Closed::Protocol(format!(
+                    "request on {:?} refused: {e}",
+                    p.topic
+                )));
+            }
+            if p.qos == QoS::AtLeastOnce {
+                io.queue(Packet::PubAck(PubAck::new(p.pkid))).await?;
+            }
+            return Ok(());
         }
         let qos = from_qos(p.qos);
         let payload: Bytes = p.payload.clone();

@@ -82,8 +82,13 @@ pub(crate) struct Session {
     /// Decides `iot:Receive` for deliveries (also while the client is offline).
     pub(crate) principal: Arc<Principal>,
     /// The certificate the session authenticated with (its principal is rebuilt from it after
-    /// a restart).
+    /// a restart); empty for a password-authenticated session.
     pub(crate) cert_id: String,
+    /// The registry device the session belongs to.
+    pub(crate) device: String,
+    /// A subscriber inside the hub ([`LocalHub::subscribe`](crate::local::LocalHub::subscribe)):
+    /// it stands for the cloud side, so deliveries to it are not policy-checked.
+    pub(crate) internal: bool,
 }
 
 #[derive(Default)]
@@ -147,8 +152,12 @@ impl BrokerState {
             let Some(session) = self.sessions.get_mut(&client) else {
                 continue;
             };
-            let decision = session.principal.authorize(&Request::receive(topic));
-            if !decision.is_allowed() {
+            let decision = if session.internal {
+                None
+            } else {
+                Some(session.principal.authorize(&Request::receive(topic)))
+            };
+            if let Some(decision) = decision.filter(|d| !d.is_allowed()) {
                 routed.denied += 1;
                 on_denied(&client, decision.to_string());
                 continue;

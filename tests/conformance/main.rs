@@ -1,0 +1,63 @@
+//! The conformance suite: scenarios every backend runs against the local hub speaking its
+//! dialect. This file runs them for the native dialect; each cloud backend adds a `Backend`
+//! and one test per scenario the same way.
+#![cfg(feature = "local")]
+
+mod backend;
+mod scenarios;
+
+use std::sync::Arc;
+
+use fleetkit::device::{Dialect, NativeDialect};
+use fleetkit::local::{LocalHub, LocalHubBuilder};
+use fleetkit::policy::{PolicyDocument, builtin};
+
+use backend::Backend;
+
+/// The native dialect: the hub's own services and the built-in native device policy.
+struct Native;
+
+impl Backend for Native {
+    fn name(&self) -> &str {
+        "native"
+    }
+
+    fn hub(&self) -> LocalHubBuilder {
+        LocalHub::builder()
+    }
+
+    fn device_policy(&self) -> PolicyDocument {
+        builtin::native_device()
+    }
+
+    fn dialect(&self, hub: &LocalHub) -> Arc<dyn Dialect> {
+        Arc::new(NativeDialect::new(
+            "localhost",
+            hub.mqtt_addr().port(),
+            hub.ca_certificate(),
+        ))
+    }
+}
+
+macro_rules! conformance {
+    ($backend:expr => $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                scenarios::$scenario(&$backend).await;
+            }
+        )*
+    };
+}
+
+conformance!(Native =>
+    connect,
+    telemetry_round_trip,
+    telemetry_bad_input,
+    commands,
+    twin_versioning_and_conflicts,
+    methods,
+    denial,
+    revocation_while_connected,
+    reconnect_with_queued_qos1,
+);
