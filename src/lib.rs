@@ -25,6 +25,11 @@
 //! - `local` (feature `local`, on by default): the local hub — a real MQTT 3.1.1 server over
 //!   mutual TLS and WebSocket with a device registry, CA and CRL handling, and the policy engine
 //!   deciding every action; optionally persistent in a data directory.
+//! - `device` (feature `device`, part of `local`): the `DeviceClient` — telemetry,
+//!   commands, twin, direct methods over any `Dialect` — with reconnect backoff and a bounded
+//!   offline queue (`protocol`), and the cloud-neutral twin model.
+//! - `local::dialect`: how the hub speaks a cloud's device protocol (authentication,
+//!   reserved-topic services, limits); the native dialect's twin, methods and commands.
 //! - [`backend`]: [`FleetAdmin`](backend::FleetAdmin), the control plane every backend
 //!   implements (the local hub today).
 //!

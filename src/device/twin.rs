@@ -160,8 +160,8 @@ impl TwinLimits {
     /// AWS IoT Device Shadow.
     ///
     /// - Depth 6: the 400 error `JSON contains too many levels of nesting; maximum is 6`
-    ///   (PROTOCOLS.md §1.7), counted under `desired` / `reported` as the shadow quota describes
-    ///   it. How AWS counts arrays is not documented there; they count here.
+    ///   (PROTOCOLS.md §1.7). **Assumption**: the message does not say where counting starts;
+    ///   here it starts at the `desired` / `reported` object, and arrays count as levels.
     /// - 8 KiB for the whole state document (`desired` and `reported` together), metadata not
     ///   counted (§1.7, where the 8 KB figure is marked unverified; KB is taken as 1024 bytes).
     /// - Arrays may not contain `null` (§1.7, delta rules).

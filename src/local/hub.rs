@@ -413,7 +413,7 @@ impl LocalHubBuilder {
                 server_key.clone(),
                 trust.clone(),
                 vec![b"http/1.1".to_vec()],
-                false,
+                self.dialect.accepts_clients_without_certificate(),
             )?)
         } else {
             None
@@ -423,7 +423,7 @@ impl LocalHubBuilder {
             server_key,
             trust.clone(),
             vec![b"mqtt".to_vec(), b"x-amzn-mqtt-ca".to_vec()],
-            false,
+            self.dialect.accepts_clients_without_certificate(),
         )?;
         let listener = TcpListener::bind(self.bind)
             .await

@@ -18,6 +18,10 @@
 //! - Authorization: CONNECT (and the will topic), PUBLISH (and RETAIN), SUBSCRIBE (each filter)
 //!   and every delivery (`iot:Receive`). A denied CONNECT gets CONNACK 5, a denied filter SUBACK
 //!   0x80, a denied publish closes the connection; each denial is an event with its explanation.
+//! - Dialects ([`dialect`]): the native one answers twin and method requests on
+//!   `$fleetkit/devices/{id}/…` and accepts a username/password hook besides certificates;
+//!   the hub's handle is the cloud side (send a command, change desired properties, invoke a
+//!   method, [`subscribe`](LocalHub::subscribe) to what devices send).
 
 pub mod admin;
 pub(crate) mod broker;

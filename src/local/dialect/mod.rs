@@ -61,6 +61,25 @@ pub struct Hello<'a> {
     pub transport: Transport,
 }
 
+impl<'a> Hello<'a> {
+    /// A hello from its parts (for testing a dialect's authentication).
+    pub fn new(
+        client_id: &'a str,
+        username: Option<&'a str>,
+        password: Option<&'a str>,
+        certificate: Option<&'a Certificate>,
+        transport: Transport,
+    ) -> Self {
+        Hello {
+            client_id,
+            username,
+            password,
+            certificate,
+            transport,
+        }
+    }
+}
+
 impl std::fmt::Debug for Hello<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hello")
@@ -257,6 +276,13 @@ pub trait HubDialect: Send + Sync + 'static {
     /// enabled device and refuses clients without one.
     fn authenticate(&self, hello: &Hello<'_>, registry: &Registry) -> Result<Authenticated> {
         authenticate_certificate(hello, registry)
+    }
+
+    /// Whether clients may complete the TLS handshake without a client certificate (to
+    /// authenticate with a username/password at CONNECT instead). Default `false`: mutual TLS
+    /// is required and a client without a certificate is refused in the handshake.
+    fn accepts_clients_without_certificate(&self) -> bool {
+        false
     }
 
     /// Whether a service of this dialect answers publishes to `topic` (a reserved `$` topic).

@@ -28,8 +28,8 @@ struct PendingCall {
     answer: oneshot::Sender<MethodResponse>,
 }
 
-/// The native dialect, hub side. See the [module docs](self) and
-/// [`crate::device::native`] for the topics.
+/// The native dialect, hub side: twin and method services, commands, and an optional
+/// username/password hook besides client certificates. Topics: [`crate::device::native`].
 ///
 /// ```no_run
 /// # async fn f() -> fleetkit::Result<()> {
@@ -207,6 +207,10 @@ impl HubDialect for NativeHubDialect {
             )),
             (None, _) => Err(Error::Unauthenticated("no client certificate".into())),
         }
+    }
+
+    fn accepts_clients_without_certificate(&self) -> bool {
+        self.password.is_some()
     }
 
     fn serves(&self, topic: &str) -> bool {
