@@ -78,7 +78,10 @@ pub(crate) struct Shared {
     pub(crate) registry: RwLock<Registry>,
     pub(crate) broker: Mutex<BrokerState>,
     pub(crate) limits: Limits,
-    pub(crate) shutdown: Notify,
+    /// Wakes the tasks waiting in [`Shared::stopped`].
+    shutdown: Notify,
+    /// Set once the hub is stopping (read by [`Shared::stopped`]).
+    stopping: std::sync::atomic::AtomicBool,
     pub(crate) dialect: Arc<dyn HubDialect>,
     pub(crate) outbox: Outbox,
     trust: Arc<TrustStore>,
@@ -135,6 +138,26 @@ async fn publish_events(shared: std::sync::Weak<Shared>, mut rx: broadcast::Rece
 }
 
 impl Shared {
+    /// Tells every task of the hub to stop.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.shutdown.notify_waiters();
+    }
+
+    /// Resolves once the hub is stopping — also for a task that starts waiting after
+    /// [`stop`](Self::stop) (a bare `Notify::notified` would miss that and wait forever).
+    pub(crate) async fn stopped(&self) {
+        loop {
+            let notified = self.shutdown.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub(crate) fn event(&self, event: HubEvent) {
         tracing::debug!(?event, "hub event");
         let _ = self.events.send(event);
@@ -368,6 +391,7 @@ impl LocalHubBuilder {
             broker: Mutex::new(broker),
             limits,
             shutdown: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             dialect: self.dialect.clone(),
             outbox: Outbox::from_weak(weak.clone()),
             trust: trust.clone(),
@@ -399,7 +423,7 @@ impl LocalHubBuilder {
                     tokio::select! {
                         _ = wake => {}
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = s.shutdown.notified() => break,
+                        _ = s.stopped() => break,
                     }
                     let _ = s.flush_broker();
                 }
@@ -483,7 +507,7 @@ fn spawn_tcp_listener(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<
                     Ok(v) => v,
                     Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
                 },
-                _ = shared.shutdown.notified() => break,
+                _ = shared.stopped() => break,
             };
             let _ = tcp.set_nodelay(true);
             let shared = shared.clone();
@@ -508,7 +532,7 @@ fn spawn_listener(
                     Ok(v) => v,
                     Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
                 },
-                _ = shared.shutdown.notified() => break,
+                _ = shared.stopped() => break,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
@@ -1023,7 +1047,7 @@ impl LocalHub {
     /// Stops accepting, closes every connection (their persistent sessions keep what was not
     /// acknowledged), saves the state if there is a data directory, and returns.
     pub async fn shutdown(mut self) {
-        self.shared.shutdown.notify_waiters();
+        self.shared.stop();
         self.kill_all();
         if let Some(task) = self.task.take() {
             let _ = task.await;
@@ -1056,7 +1080,7 @@ impl LocalHub {
 
 impl Drop for LocalHub {
     fn drop(&mut self) {
-        self.shared.shutdown.notify_waiters();
+        self.shared.stop();
         if let Some(task) = self.task.take() {
             task.abort();
         }

@@ -431,7 +431,7 @@ pub(crate) async fn serve<S>(
                 }
             }
             _ = kill.notified() => break Closed::Killed,
-            _ = shared.shutdown.notified() => break Closed::Shutdown,
+            _ = shared.stopped() => break Closed::Shutdown,
             _ = sleep_until(deadline) => break Closed::KeepAlive,
         }
     };
