@@ -77,6 +77,7 @@ pub mod device;
 mod error;
 mod fsutil;
 pub mod identity;
+pub mod lifecycle;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod pki;

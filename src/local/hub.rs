@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     stopping: std::sync::atomic::AtomicBool,
     pub(crate) dialect: Arc<dyn HubDialect>,
     pub(crate) outbox: Outbox,
+    /// The hub's CA (issues server and device certificates).
+    pub(crate) ca: Arc<CertificateAuthority>,
     trust: Arc<TrustStore>,
     events: broadcast::Sender<HubEvent>,
     next_id: AtomicU64,
@@ -223,6 +225,78 @@ impl Shared {
             .generation()
     }
 
+    /// Registers `certificate` for `device` as ACTIVE; returns its id.
+    pub(crate) fn register_certificate(
+        &self,
+        certificate: Certificate,
+        device: &str,
+    ) -> Result<String> {
+        let id = self
+            .registry
+            .write()
+            .expect("registry lock")
+            .register_certificate(certificate, device, CertificateState::Active)?;
+        self.save_admin()?;
+        Ok(id)
+    }
+
+    /// Changes a device certificate's state, closing its connections unless ACTIVE.
+    pub(crate) fn set_certificate_state(&self, id: &str, state: CertificateState) -> Result<usize> {
+        self.registry
+            .write()
+            .expect("registry lock")
+            .set_certificate_state(id, state)?;
+        self.save_admin()?;
+        let closed = if state == CertificateState::Active {
+            0
+        } else {
+            self.kill_where(|e| e.cert_id == id)
+        };
+        self.event(HubEvent::StatusChanged {
+            what: format!("certificate {id} {state:?}"),
+            connections_closed: closed,
+        });
+        Ok(closed)
+    }
+
+    /// Creates `device`, registers `certificate` for it ACTIVE and attaches `policy` to it —
+    /// all or nothing (checked first, then applied under one registry lock).
+    pub(crate) fn provision_device(
+        &self,
+        device: DeviceRecord,
+        certificate: Certificate,
+        policy: Option<&str>,
+    ) -> Result<String> {
+        let id = {
+            let mut registry = self.registry.write().expect("registry lock");
+            if registry.device(&device.id).is_some() {
+                return Err(Error::AlreadyExists {
+                    what: "device",
+                    id: device.id.clone(),
+                });
+            }
+            if let Some(name) = policy {
+                registry.policies().policy(name)?;
+            }
+            let fingerprint = certificate.fingerprint_sha256();
+            if registry.certificate(&fingerprint).is_some() {
+                return Err(Error::AlreadyExists {
+                    what: "certificate",
+                    id: fingerprint,
+                });
+            }
+            let name = device.id.clone();
+            registry.create_device(device)?;
+            let id = registry.register_certificate(certificate, &name, CertificateState::Active)?;
+            if let Some(policy) = policy {
+                registry.attach_policy(policy, AttachTarget::Device(name))?;
+            }
+            id
+        };
+        self.save_admin()?;
+        Ok(id)
+    }
+
     /// Closes every live connection `matches` selects; returns how many.
     fn kill_where(&self, matches: impl Fn(&super::broker::ConnectionEntry) -> bool) -> usize {
         let state = self.broker.lock().expect("broker lock");
@@ -347,12 +421,13 @@ impl LocalHubBuilder {
             None => None,
         };
         let ca_is_new = self.ca.is_some() || saved_ca.is_none();
-        let ca = match (self.ca, saved_ca) {
+        let ca: CertificateAuthority = match (self.ca, saved_ca) {
             (Some(ca), _) | (None, Some(ca)) => ca,
             (None, None) => CertificateAuthority::new_root(
                 &CaOptions::new("fleetkit local hub CA").with_organization("fleetkit"),
             )?,
         };
+        let ca = Arc::new(ca);
         let trust = Arc::new(TrustStore::new());
         let registry = match &dir {
             Some(d) => d.load_registry(self.partition.clone())?,
@@ -394,6 +469,7 @@ impl LocalHubBuilder {
             stopping: std::sync::atomic::AtomicBool::new(false),
             dialect: self.dialect.clone(),
             outbox: Outbox::from_weak(weak.clone()),
+            ca: ca.clone(),
             trust: trust.clone(),
             events,
             next_id: AtomicU64::new(1),
@@ -660,7 +736,7 @@ impl Drop for HubSubscription {
 /// ```
 pub struct LocalHub {
     shared: Arc<Shared>,
-    ca: CertificateAuthority,
+    ca: Arc<CertificateAuthority>,
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
     websocket_addr: Option<SocketAddr>,
@@ -825,35 +901,13 @@ impl LocalHub {
 
     /// Registers `certificate` for `device` as ACTIVE; returns its id (SHA-256 fingerprint).
     pub fn register_certificate(&self, certificate: Certificate, device: &str) -> Result<String> {
-        let id = self
-            .shared
-            .registry
-            .write()
-            .expect("registry lock")
-            .register_certificate(certificate, device, CertificateState::Active)?;
-        self.shared.save_admin()?;
-        Ok(id)
+        self.shared.register_certificate(certificate, device)
     }
 
     /// Changes a device certificate's state; anything but ACTIVE closes its live connections
     /// at once. Returns how many were closed.
     pub fn set_certificate_state(&self, id: &str, state: CertificateState) -> Result<usize> {
-        self.shared
-            .registry
-            .write()
-            .expect("registry lock")
-            .set_certificate_state(id, state)?;
-        self.shared.save_admin()?;
-        let closed = if state == CertificateState::Active {
-            0
-        } else {
-            self.shared.kill_where(|e| e.cert_id == id)
-        };
-        self.shared.event(HubEvent::StatusChanged {
-            what: format!("certificate {id} {state:?}"),
-            connections_closed: closed,
-        });
-        Ok(closed)
+        self.shared.set_certificate_state(id, state)
     }
 
     /// Generates a key "on the device", issues its certificate from the hub CA, and registers

@@ -16,6 +16,7 @@
 //! dialects plug in here without touching the broker.
 
 mod native;
+pub mod provisioning;
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use crate::{Error, Result};
 
 pub use crate::device::dialect::MethodResponse;
 pub use native::NativeHubDialect;
+pub use provisioning::{FleetProvisioning, ProvisioningTemplate};
 
 /// How a client reached the hub.
 #[non_exhaustive]
@@ -229,6 +231,65 @@ impl Outbox {
             denied: routed.denied,
             dropped: routed.dropped,
         })
+    }
+
+    /// Publishes `payload` on `topic` to **one** client only — the per-connection answers of
+    /// request/response services (fleet provisioning, Azure's `$iothub/…`): delivered if that
+    /// client's session subscribes to a matching filter and its policy allows receiving it.
+    /// Returns whether it was handed over (live or queued).
+    pub fn publish_to(
+        &self,
+        client_id: &str,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+    ) -> Result<bool> {
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or_else(|| Error::Unavailable("the hub has shut down".into()))?;
+        let limits = shared.limits.clone();
+        let mut state = shared.broker.lock().expect("broker lock");
+        let granted = state
+            .subscriptions
+            .filters_of(&client_id.to_string())
+            .into_iter()
+            .filter(|(f, _)| super::broker::topic::filter_matches(f, topic))
+            .map(|(_, q)| q)
+            .max();
+        let Some(granted) = granted else {
+            return Ok(false);
+        };
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return Ok(false);
+        };
+        let decision = session
+            .principal
+            .authorize(&crate::policy::Request::receive(topic));
+        if !decision.is_allowed() {
+            shared.event(HubEvent::PolicyDenied {
+                client_id: client_id.to_string(),
+                explanation: decision.to_string(),
+            });
+            return Ok(false);
+        }
+        let delivery = super::broker::Delivery {
+            topic: topic.into(),
+            payload,
+            qos: qos.min(granted),
+            retain: false,
+            dup: false,
+        };
+        Ok(matches!(
+            super::broker::deliver(session, delivery, &limits),
+            super::broker::Handed::Live | super::broker::Handed::Queued
+        ))
+    }
+
+    pub(crate) fn shared(&self) -> Result<std::sync::Arc<Shared>> {
+        self.shared
+            .upgrade()
+            .ok_or_else(|| Error::Unavailable("the hub has shut down".into()))
     }
 
     /// Whether `device` has a live connection now.

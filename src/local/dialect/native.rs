@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
+use super::provisioning::{FleetProvisioning, ProvisioningTemplate};
 use super::{
     Authenticated, Hello, HubDialect, MethodResponse, Outbox, PasswordAuthenticator, Publisher,
     authenticate_certificate,
@@ -51,6 +52,7 @@ pub struct NativeHubDialect {
     next_request: AtomicU64,
     twin_limits: TwinLimits,
     password: Option<Arc<dyn PasswordAuthenticator>>,
+    provisioning: FleetProvisioning,
 }
 
 impl std::fmt::Debug for NativeHubDialect {
@@ -78,6 +80,7 @@ impl NativeHubDialect {
             next_request: AtomicU64::new(1),
             twin_limits: TwinLimits::default(),
             password: None,
+            provisioning: FleetProvisioning::new(),
         }
     }
 
@@ -86,6 +89,24 @@ impl NativeHubDialect {
     pub fn with_password_auth(mut self, hook: impl PasswordAuthenticator) -> Self {
         self.password = Some(Arc::new(hook));
         self
+    }
+
+    /// Serves fleet provisioning by claim with `template` (see [`FleetProvisioning`]); may
+    /// be called for several templates.
+    pub fn with_provisioning_template(self, template: ProvisioningTemplate) -> Self {
+        self.provisioning.put_template(template);
+        self
+    }
+
+    /// How long a provisioning ownership token stays valid (default one hour).
+    pub fn with_provisioning_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.provisioning = std::mem::take(&mut self.provisioning).with_token_lifetime(lifetime);
+        self
+    }
+
+    /// The fleet-provisioning service (add templates at run time).
+    pub fn provisioning(&self) -> &FleetProvisioning {
+        &self.provisioning
     }
 
     /// Limits on twin documents.
@@ -214,14 +235,15 @@ impl HubDialect for NativeHubDialect {
     }
 
     fn serves(&self, topic: &str) -> bool {
-        matches!(
-            topics::parse(topic),
-            Some(
-                Reserved::TwinGet { .. }
-                    | Reserved::TwinReported { .. }
-                    | Reserved::MethodResponse { .. }
+        FleetProvisioning::serves(topic)
+            || matches!(
+                topics::parse(topic),
+                Some(
+                    Reserved::TwinGet { .. }
+                        | Reserved::TwinReported { .. }
+                        | Reserved::MethodResponse { .. }
+                )
             )
-        )
     }
 
     fn on_publish(
@@ -231,6 +253,9 @@ impl HubDialect for NativeHubDialect {
         payload: &Bytes,
         outbox: &Outbox,
     ) -> Result<()> {
+        if FleetProvisioning::serves(topic) {
+            return self.provisioning.on_publish(from, topic, payload, outbox);
+        }
         match topics::parse(topic) {
             Some(Reserved::TwinGet { device, request_id }) => {
                 let doc = self

@@ -1,0 +1,375 @@
+//! Fleet provisioning by claim on the local hub, end to end over mTLS: a device with the
+//! shared claim certificate becomes itself (CSR from a key made on the device, or a key the
+//! hub makes), stores the result atomically and reconnects as itself; and every way to abuse
+//! the claim is refused with a typed reason.
+#![cfg(feature = "local")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetkit::Error;
+use fleetkit::device::{DeviceClient, Endpoint, NativeDialect, Telemetry, tls_config};
+use fleetkit::identity::{CredentialStore, Credentials, DeviceId, SoftwareKey, X509Credential};
+use fleetkit::lifecycle::provision::{ClaimProvisioner, ProvisionRequest, Provisioner};
+use fleetkit::local::dialect::{NativeHubDialect, ProvisioningTemplate};
+use fleetkit::local::{DeviceRecord, HubEvent, LocalHub};
+use fleetkit::pki::build_csr;
+use fleetkit::policy::{AttachTarget, builtin};
+use serde_json::{Value, json};
+
+const TEMPLATE: &str = "thermostats";
+
+fn template() -> ProvisioningTemplate {
+    ProvisioningTemplate::new(TEMPLATE, "thermostat-{SerialNumber}")
+        .unwrap()
+        .with_policy("device")
+        .in_group("thermostats")
+        .with_attribute_from("model", "Model")
+        .with_configuration(
+            json!({"telemetry_interval_s": 60})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .with_hook(|req| {
+            if req.parameters["SerialNumber"] == "666" {
+                Err(Error::PermissionDenied(
+                    "serial 666 is not on the allow-list".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        })
+}
+
+/// A hub serving the template, with a claim certificate for the factory.
+async fn hub(token_lifetime: Duration) -> (LocalHub, X509Credential) {
+    let hub = LocalHub::builder()
+        .dialect(
+            NativeHubDialect::new()
+                .with_provisioning_template(template())
+                .with_provisioning_token_lifetime(token_lifetime),
+        )
+        .start()
+        .await
+        .unwrap();
+    hub.put_policy("device", &builtin::native_device()).unwrap();
+    hub.put_policy("claim", &builtin::provisioning_claim(TEMPLATE))
+        .unwrap();
+    hub.create_device(DeviceRecord::new("factory-claim"))
+        .unwrap();
+    hub.attach_policy("claim", AttachTarget::Device("factory-claim".into()))
+        .unwrap();
+    let claim = hub.issue_device_credential("factory-claim").unwrap();
+    (hub, claim)
+}
+
+fn endpoint(hub: &LocalHub) -> Endpoint {
+    Endpoint::new(
+        "localhost",
+        hub.mqtt_addr().port(),
+        vec![hub.ca_certificate().der().clone()],
+    )
+}
+
+fn csr_request(serial: &str) -> ProvisionRequest {
+    let key = Arc::new(SoftwareKey::generate_p256().unwrap());
+    ProvisionRequest::with_device_key(DeviceId::new(format!("thermostat-{serial}")).unwrap(), key)
+        .parameter("SerialNumber", serial)
+        .parameter("Model", "T1000")
+}
+
+#[tokio::test]
+async fn a_claimed_device_becomes_itself_stores_it_and_reconnects_as_itself() {
+    let (hub, claim) = hub(Duration::from_secs(3600)).await;
+    let provisioner = ClaimProvisioner::new(endpoint(&hub), claim.clone(), TEMPLATE);
+    let identity = provisioner.provision(&csr_request("0042")).await.unwrap();
+    assert_eq!(identity.device_id.as_str(), "thermostat-0042");
+    assert_eq!(identity.configuration["telemetry_interval_s"], 60);
+    assert_eq!(
+        identity.credential.leaf().fingerprint_sha256(),
+        identity.certificate_id
+    );
+    // The registry has the device with its group, attribute and certificate.
+    hub.with_registry(|r| {
+        let d = r.device("thermostat-0042").unwrap();
+        assert_eq!(d.groups, vec!["thermostats".to_string()]);
+        assert!(
+            d.attributes
+                .iter()
+                .any(|(k, v)| k == "model" && v == "T1000")
+        );
+        assert_eq!(
+            r.certificate(&identity.certificate_id).unwrap().device,
+            "thermostat-0042"
+        );
+    });
+    // Stored atomically, loaded back, and used to connect as itself.
+    let dir = tempfile::tempdir().unwrap();
+    let store = CredentialStore::open(dir.path()).unwrap();
+    identity.store(&store).unwrap();
+    let Credentials::X509(loaded) = store.load().unwrap() else {
+        panic!("not an X.509 credential")
+    };
+    let mut cloud = hub.subscribe("devices/+/telemetry").unwrap();
+    let client = DeviceClient::builder(
+        NativeDialect::new("localhost", hub.mqtt_addr().port(), hub.ca_certificate()),
+        identity.device_id.clone(),
+    )
+    .credential(loaded)
+    .connect()
+    .await
+    .unwrap();
+    client
+        .send_telemetry(Telemetry::new("hello"))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), cloud.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.topic, "devices/thermostat-0042/telemetry");
+
+    // A key generated by the hub works too (and is returned once, over TLS).
+    let identity = provisioner
+        .provision(
+            &ProvisionRequest::with_service_key()
+                .parameter("SerialNumber", "0043")
+                .parameter("Model", "T1000"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(identity.device_id.as_str(), "thermostat-0043");
+    let client = DeviceClient::builder(
+        NativeDialect::new("localhost", hub.mqtt_addr().port(), hub.ca_certificate()),
+        identity.device_id.clone(),
+    )
+    .credential(identity.credential)
+    .connect()
+    .await
+    .unwrap();
+    client.send_telemetry(Telemetry::new("hi")).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_claims_are_refused_with_typed_reasons() {
+    let (hub, claim) = hub(Duration::from_secs(3600)).await;
+    let provisioner = ClaimProvisioner::new(endpoint(&hub), claim.clone(), TEMPLATE);
+    provisioner.provision(&csr_request("0001")).await.unwrap();
+    // A CSR naming an existing device: a claim cannot take over another identity.
+    let err = provisioner
+        .provision(&csr_request("0001"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    // The template assigns another id than the CSR names.
+    let key = Arc::new(SoftwareKey::generate_p256().unwrap());
+    let mismatched =
+        ProvisionRequest::with_device_key(DeviceId::new("thermostat-0002").unwrap(), key)
+            .parameter("SerialNumber", "9999")
+            .parameter("Model", "T1000");
+    let err = provisioner.provision(&mismatched).await.unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    // The pre-provisioning hook refuses.
+    let err = provisioner
+        .provision(&csr_request("666"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(m) if m.contains("allow-list")),
+        "{err:?}"
+    );
+    // A missing parameter.
+    let key = Arc::new(SoftwareKey::generate_p256().unwrap());
+    let incomplete =
+        ProvisionRequest::with_device_key(DeviceId::new("thermostat-0003").unwrap(), key)
+            .parameter("SerialNumber", "0003");
+    let err = provisioner.provision(&incomplete).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    // Another template than the claim policy allows: the subscription is refused.
+    let other = ClaimProvisioner::new(endpoint(&hub), claim.clone(), "other-template");
+    let err = other.provision(&csr_request("0004")).await.unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    // Nothing was created by the refusals.
+    hub.with_registry(|r| {
+        for id in [
+            "thermostat-0002",
+            "thermostat-666",
+            "thermostat-0003",
+            "thermostat-9999",
+            "thermostat-0004",
+        ] {
+            assert!(r.device(id).is_none(), "{id} exists");
+        }
+    });
+}
+
+/// Raw claim session: subscribes to the answers, then publishes requests and returns answers.
+struct RawClaim {
+    client: rumqttc::AsyncClient,
+    events: rumqttc::EventLoop,
+}
+
+impl RawClaim {
+    async fn connect(hub: &LocalHub, claim: &X509Credential, client_id: &str) -> Self {
+        let ep = endpoint(hub);
+        let mut options = rumqttc::MqttOptions::new(client_id, ep.host.clone(), ep.port);
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls_config(&ep, Some(claim)).unwrap()),
+        ));
+        let (client, events) = rumqttc::AsyncClient::new(options, 16);
+        let mut raw = RawClaim { client, events };
+        for t in [
+            "$aws/certificates/create-from-csr/json/+",
+            &format!("$aws/provisioning-templates/{TEMPLATE}/provision/json/+"),
+        ] {
+            raw.client
+                .subscribe(t, rumqttc::QoS::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let mut acks = 0;
+        while acks < 2 {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) =
+                raw.events.poll().await.unwrap()
+            {
+                acks += 1;
+            }
+        }
+        raw
+    }
+
+    /// Publishes `body` on `topic`; returns (accepted?, answer). `Err` if the hub closed the
+    /// connection instead.
+    async fn request(&mut self, topic: &str, body: Value) -> Result<(bool, Value), String> {
+        self.client
+            .publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match self.events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        return Ok((
+                            p.topic.ends_with("/accepted"),
+                            serde_json::from_slice(&p.payload).unwrap(),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "no answer".to_string())?
+    }
+
+    async fn create(&mut self, id: &str) -> Value {
+        let csr = build_csr(
+            Arc::new(SoftwareKey::generate_p256().unwrap()),
+            &DeviceId::new(id).unwrap(),
+        )
+        .unwrap();
+        let (ok, body) = self
+            .request(
+                "$aws/certificates/create-from-csr/json",
+                json!({"certificateSigningRequest": csr.to_pem()}),
+            )
+            .await
+            .unwrap();
+        assert!(ok, "{body}");
+        body
+    }
+
+    async fn register(&mut self, token: &str, serial: &str) -> (bool, Value) {
+        self.request(
+            &format!("$aws/provisioning-templates/{TEMPLATE}/provision/json"),
+            json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": serial, "Model": "T"}}),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn ownership_tokens_are_single_use_and_expire() {
+    let (hub, claim) = hub(Duration::from_secs(3600)).await;
+    let mut raw = RawClaim::connect(&hub, &claim, "claim-replay").await;
+    let created = raw.create("thermostat-0100").await;
+    let token = created["certificateOwnershipToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, body) = raw.register(&token, "0100").await;
+    assert!(ok, "{body}");
+    // Replayed: refused.
+    let (ok, body) = raw.register(&token, "0100").await;
+    assert!(!ok);
+    assert_eq!(body["errorCode"], "InvalidCertificateOwnershipToken");
+    assert_eq!(body["statusCode"], 400);
+    // A made-up token.
+    let (ok, _) = raw.register("AAAA", "0101").await;
+    assert!(!ok);
+
+    // Expired: a hub whose tokens live 50 ms.
+    let (hub, claim) = hub_short().await;
+    let mut raw = RawClaim::connect(&hub, &claim, "claim-late").await;
+    let created = raw.create("thermostat-0200").await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let (ok, body) = raw
+        .register(
+            created["certificateOwnershipToken"].as_str().unwrap(),
+            "0200",
+        )
+        .await;
+    assert!(!ok);
+    assert!(
+        body["errorMessage"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    assert!(hub.with_registry(|r| r.device("thermostat-0200").is_none()));
+}
+
+async fn hub_short() -> (LocalHub, X509Credential) {
+    hub(Duration::from_millis(50)).await
+}
+
+#[tokio::test]
+async fn a_claim_certificate_can_do_nothing_but_provision() {
+    let (hub, claim) = hub(Duration::from_secs(3600)).await;
+    let mut events = hub.events();
+    // Telemetry as a device: denied, connection closed.
+    let mut raw = RawClaim::connect(&hub, &claim, "claim-naughty").await;
+    let r = raw
+        .request("devices/thermostat-0042/telemetry", json!({"temp": 99}))
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    // Connecting as an operational client id: refused at CONNECT.
+    let ep = endpoint(&hub);
+    let mut options = rumqttc::MqttOptions::new("thermostat-0042", ep.host.clone(), ep.port);
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls_config(&ep, Some(&claim)).unwrap()),
+    ));
+    let (_client, mut el) = rumqttc::AsyncClient::new(options, 4);
+    let err = el.poll().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
+        ),
+        "{err:?}"
+    );
+    // Both denials are explained.
+    let mut denials = 0;
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(300), events.recv()).await {
+        if matches!(e, HubEvent::PolicyDenied { .. }) {
+            denials += 1;
+        }
+    }
+    assert!(denials >= 2, "{denials}");
+}
