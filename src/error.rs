@@ -120,6 +120,49 @@ impl Error {
         }
     }
 
+    /// An error of the same kind and message (for telling several waiters about one failure;
+    /// an I/O error keeps its kind and text, not its source object).
+    #[cfg(feature = "device")]
+    pub(crate) fn clone_kind(e: &Error) -> Error {
+        match e {
+            Error::NotFound { what, id } => Error::NotFound {
+                what,
+                id: id.clone(),
+            },
+            Error::AlreadyExists { what, id } => Error::AlreadyExists {
+                what,
+                id: id.clone(),
+            },
+            Error::InvalidInput { field, reason } => Error::InvalidInput {
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
+            Error::Unauthenticated(m) => Error::Unauthenticated(m.clone()),
+            Error::Expired(m) => Error::Expired(m.clone()),
+            Error::Revoked(m) => Error::Revoked(m.clone()),
+            Error::Untrusted(c) => Error::Untrusted(c.clone()),
+            Error::NotSupported(m) => Error::NotSupported(m.clone()),
+            Error::Conflict {
+                what,
+                expected,
+                current,
+            } => Error::Conflict {
+                what: what.clone(),
+                expected: *expected,
+                current: *current,
+            },
+            Error::Timeout(m) => Error::Timeout(m.clone()),
+            Error::Unavailable(m) => Error::Unavailable(m.clone()),
+            Error::Precondition(m) => Error::Precondition(m.clone()),
+            Error::Crypto(m) => Error::Crypto(m.clone()),
+            Error::Io { path, source } => Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: Some(path.into()),

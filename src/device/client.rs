@@ -128,7 +128,7 @@ enum Handed {
     Direct,
 }
 
-/// A twin request waiting for its answer.
+/// A request (twin, certificate) waiting for its answer.
 struct TwinWaiter {
     answer: oneshot::Sender<(u16, Bytes)>,
 }
@@ -164,6 +164,16 @@ struct Shared {
     request_prefix: String,
     shutdown: Notify,
     drained: Notify,
+    /// A credential switch asked for and not yet applied by the driver: the new TLS
+    /// configuration and who waits for the outcome.
+    switch: Mutex<Option<PendingSwitch>>,
+    endpoint: super::Endpoint,
+}
+
+/// A credential switch on its way.
+struct PendingSwitch {
+    tls: Arc<rustls::ClientConfig>,
+    done: oneshot::Sender<Result<()>>,
 }
 
 /// Configures and connects a [`DeviceClient`].
@@ -321,6 +331,8 @@ impl DeviceClientBuilder {
             request_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
             shutdown: Notify::new(),
             drained: Notify::new(),
+            switch: Mutex::new(None),
+            endpoint: endpoint.clone(),
         });
         let backoff = Backoff::new(self.backoff)?;
         let (first_tx, first_rx) = oneshot::channel();
@@ -608,6 +620,11 @@ impl Shared {
                 request_id,
                 status,
                 body,
+            }
+            | Inbound::CertificateResponse {
+                request_id,
+                status,
+                body,
             } => {
                 self.ack(p);
                 let waiter = self
@@ -681,8 +698,8 @@ impl Shared {
         )
     }
 
-    /// Sends a twin request and waits for its answer.
-    async fn twin_request(&self, request_id: String, out: Outbound) -> Result<(u16, Bytes)> {
+    /// Sends a request (twin, certificate) and waits for its answer.
+    async fn request(&self, request_id: String, out: Outbound) -> Result<(u16, Bytes)> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .lock()
@@ -700,7 +717,7 @@ impl Shared {
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(Error::Unavailable(
-                "the connection dropped before the twin service answered".into(),
+                "the connection dropped before the service answered".into(),
             )),
             Err(_) => {
                 self.inner
@@ -709,7 +726,7 @@ impl Shared {
                     .twin_waiters
                     .remove(&request_id);
                 Err(Error::Timeout(format!(
-                    "no answer from the twin service within {:?}",
+                    "no answer from the service within {:?}",
                     self.request_timeout
                 )))
             }
@@ -726,6 +743,8 @@ async fn drive(
 ) {
     let mut first = Some(first);
     let mut attempt: u32 = 0;
+    // A switch applied, waiting for the outcome of the next connection attempt.
+    let mut switching: Option<oneshot::Sender<Result<()>>> = None;
     loop {
         if let Ok(Some(password)) = shared.dialect.password(&shared.device) {
             let user = shared.dialect.username(&shared.device).unwrap_or_default();
@@ -745,6 +764,9 @@ async fn drive(
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
                 }
+                if let Some(tx) = switching.take() {
+                    let _ = tx.send(Ok(()));
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => shared.on_message(&p),
             Ok(Event::Incoming(Packet::PubAck(ack))) => shared.on_puback(ack.pkid),
@@ -761,7 +783,26 @@ async fn drive(
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.on_outgoing_publish(pkid),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let pending = shared.switch.lock().expect("switch lock").take();
+                let Some(pending) = pending else { break };
+                // A credential switch: drop the connection and reconnect at once with the
+                // new TLS configuration. The offline queue and subscriptions carry over.
+                eventloop
+                    .mqtt_options
+                    .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                        pending.tls,
+                    )));
+                eventloop.clean();
+                eventloop.pending.clear();
+                shared.on_disconnected();
+                if let Some(previous) = switching.replace(pending.done) {
+                    let _ = previous.send(Err(Error::Precondition(
+                        "superseded by another credential switch".into(),
+                    )));
+                }
+                shared.set_state(ConnectionState::Connecting { attempt: 0 });
+            }
             Ok(_) => {}
             Err(e) => {
                 // fleetkit resends from its own queue: drop rumqttc's copies.
@@ -772,6 +813,18 @@ async fn drive(
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Err(error));
                     return;
+                }
+                if let Some(tx) = switching.take() {
+                    let _ = tx.send(Err(Error::clone_kind(&error)));
+                }
+                // A switch asked for while offline applies to the next attempt.
+                if let Some(pending) = shared.switch.lock().expect("switch lock").take() {
+                    eventloop
+                        .mqtt_options
+                        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                            pending.tls,
+                        )));
+                    switching = Some(pending.done);
                 }
                 if was_connected {
                     backoff.disconnected(std::time::Instant::now());
@@ -1089,6 +1142,64 @@ impl DeviceClient {
             .insert(name.to_string(), (handler, timeout));
     }
 
+    /// Asks the service for a certificate for `csr_pem` (a CSR for this device's own id) over
+    /// the current authenticated connection. The new certificate is active at once; the old
+    /// one stays active until [`confirm_certificate`](Self::confirm_certificate).
+    pub async fn request_certificate(&self, csr_pem: &str) -> Result<super::IssuedCertificate> {
+        self.require(Feature::CertificateRotation)?;
+        let shared = &self.shared;
+        let rid = shared.request_id();
+        let out = shared
+            .dialect
+            .certificate_request(&shared.device, &rid, csr_pem)?;
+        let (status, body) = shared.request(rid, out).await?;
+        shared.dialect.parse_certificate(status, &body)
+    }
+
+    /// Confirms, over a connection authenticated with the new certificate `new_id`, that it
+    /// works; the service then retires `retire_id` (its connections are closed).
+    pub async fn confirm_certificate(&self, new_id: &str, retire_id: &str) -> Result<()> {
+        self.require(Feature::CertificateRotation)?;
+        let shared = &self.shared;
+        let rid = shared.request_id();
+        let out = shared
+            .dialect
+            .certificate_confirm(&shared.device, &rid, new_id, retire_id)?;
+        let (status, body) = shared.request(rid, out).await?;
+        shared.dialect.parse_certificate(status, &body).map(|_| ())
+    }
+
+    /// Switches the running client to `credential`: it disconnects and reconnects at once
+    /// with it, keeping its offline queue, subscriptions and streams. Returns when the hub
+    /// accepted the new credential, or the error it answered (the client then keeps retrying
+    /// with the new credential under backoff until switched again — switch back to roll
+    /// back).
+    pub async fn switch_credential(&self, credential: &X509Credential) -> Result<()> {
+        let tls = tls_config(&self.shared.endpoint, Some(credential))?;
+        let (tx, rx) = oneshot::channel();
+        let connected = {
+            let inner = self.shared.inner.lock().expect("client lock");
+            if inner.closed {
+                return Err(Error::Unavailable("the client is shut down".into()));
+            }
+            inner.connected
+        };
+        *self.shared.switch.lock().expect("switch lock") = Some(PendingSwitch { tls, done: tx });
+        if connected {
+            self.shared
+                .mqtt
+                .try_disconnect()
+                .map_err(|e| Error::Unavailable(format!("cannot switch: {e}")))?;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Unavailable("the client shut down".into())),
+            Err(_) => Err(Error::Timeout(
+                "the switch to the new credential did not complete in 30 s".into(),
+            )),
+        }
+    }
+
     /// Sends what is queued for up to `drain` (only while connected), disconnects cleanly
     /// and stops. Returns how many queued messages were not acknowledged (they are lost with
     /// the client; keep `drain` long enough, or persist them yourself).
@@ -1140,7 +1251,7 @@ impl TwinClient<'_> {
         let shared = &self.client.shared;
         let rid = shared.request_id();
         let out = shared.dialect.twin_get(&shared.device, &rid)?;
-        let (status, body) = shared.twin_request(rid, out).await?;
+        let (status, body) = shared.request(rid, out).await?;
         if (200..300).contains(&status) {
             shared.dialect.parse_twin_document(&body)
         } else {
@@ -1174,7 +1285,7 @@ impl TwinClient<'_> {
         let out = shared
             .dialect
             .twin_report(&shared.device, &rid, &patch, expected)?;
-        let (status, body) = shared.twin_request(rid, out).await?;
+        let (status, body) = shared.request(rid, out).await?;
         if (200..300).contains(&status) {
             shared.dialect.parse_twin_reported(&body)
         } else {

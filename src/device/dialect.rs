@@ -30,6 +30,9 @@ pub enum Feature {
     TwinVersioning,
     /// Direct methods (request/response from the cloud to the device).
     Methods,
+    /// A new certificate for a CSR over the device's authenticated connection, and the
+    /// confirmation that retires the old one (certificate rotation).
+    CertificateRotation,
 }
 
 /// What a backend's device plane supports — data, not prose: the client checks it before
@@ -259,6 +262,15 @@ pub enum Inbound {
     DesiredChange(DesiredChange),
     /// A direct-method call.
     MethodRequest(MethodRequest),
+    /// The answer to a certificate request or confirmation.
+    CertificateResponse {
+        /// The request id it answers.
+        request_id: String,
+        /// Its status (200 success).
+        status: u16,
+        /// The body, for [`Dialect::parse_certificate`].
+        body: Bytes,
+    },
     /// Something else: a topic the application subscribed to itself.
     Other {
         /// Topic.
@@ -344,6 +356,57 @@ pub trait Dialect: Send + Sync + 'static {
         request: &MethodRequest,
         response: &MethodResponse,
     ) -> Result<Outbound>;
+
+    /// The request for a certificate for `csr_pem` (a CSR for this device's own id), sent over
+    /// the device's current authenticated connection.
+    fn certificate_request(
+        &self,
+        device: &DeviceId,
+        request_id: &str,
+        csr_pem: &str,
+    ) -> Result<Outbound> {
+        let _ = (device, request_id, csr_pem);
+        Err(Error::NotSupported(format!(
+            "certificate rotation in the {} dialect",
+            self.name()
+        )))
+    }
+
+    /// The confirmation, sent over a connection authenticated with the **new** certificate
+    /// `new_id`, that retires `retire_id`.
+    fn certificate_confirm(
+        &self,
+        device: &DeviceId,
+        request_id: &str,
+        new_id: &str,
+        retire_id: &str,
+    ) -> Result<Outbound> {
+        let _ = (device, request_id, new_id, retire_id);
+        Err(Error::NotSupported(format!(
+            "certificate rotation in the {} dialect",
+            self.name()
+        )))
+    }
+
+    /// The certificate chain (PEM) and id in a successful certificate answer, or the error a
+    /// failed one means.
+    fn parse_certificate(&self, status: u16, body: &Bytes) -> Result<IssuedCertificate> {
+        let _ = (status, body);
+        Err(Error::NotSupported(format!(
+            "certificate rotation in the {} dialect",
+            self.name()
+        )))
+    }
+}
+
+/// A certificate the service issued for a CSR.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// Its id at the service.
+    pub certificate_id: String,
+    /// The chain, leaf first, as PEM (empty for a confirmation).
+    pub chain_pem: String,
 }
 
 /// Whether `name` may be a telemetry property name: 1–64 characters of `A-Z a-z 0-9 - _ .`,

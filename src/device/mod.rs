@@ -10,7 +10,7 @@ pub use client::{
     ConnectionState, DeviceClient, DeviceClientBuilder, Receipt, Telemetry, TwinClient, tls_config,
 };
 pub use dialect::{
-    Capabilities, Command, DeviceLimits, Dialect, Endpoint, Feature, Inbound, MethodRequest,
-    MethodResponse, Outbound, Password, valid_property_name,
+    Capabilities, Command, DeviceLimits, Dialect, Endpoint, Feature, Inbound, IssuedCertificate,
+    MethodRequest, MethodResponse, Outbound, Password, valid_property_name,
 };
 pub use native::NativeDialect;

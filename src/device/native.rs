@@ -14,6 +14,9 @@
 //! | desired changes | ← hub | `$fleetkit/devices/{id}/twin/desired` | `{"version": n, "patch": {…}}` |
 //! | method call | ← hub | `$fleetkit/devices/{id}/methods/req/{name}/{rid}` | JSON |
 //! | method answer | → hub | `$fleetkit/devices/{id}/methods/res/{status}/{rid}` | JSON |
+//! | certificate for a CSR | → hub | `$fleetkit/devices/{id}/certificates/csr/{rid}` | `{"csr": "<PEM>"}` |
+//! | confirm (over the new certificate) | → hub | `$fleetkit/devices/{id}/certificates/confirm/{rid}` | `{"certificateId", "retire"}` |
+//! | certificate answers | ← hub | `$fleetkit/devices/{id}/certificates/res/{status}/{rid}` | `{"certificateId", "certificatePem"}` or an error |
 //!
 //! Property values in the telemetry topic are percent-encoded (RFC 3986 unreserved characters
 //! stay as they are), as Azure IoT Hub does with its property bag.
@@ -23,8 +26,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use serde_json::{Map, Value, json};
 
 use super::dialect::{
-    Capabilities, Command, Dialect, Endpoint, Feature, Inbound, MethodRequest, MethodResponse,
-    Outbound,
+    Capabilities, Command, Dialect, Endpoint, Feature, Inbound, IssuedCertificate, MethodRequest,
+    MethodResponse, Outbound,
 };
 use super::twin::{DesiredChange, TwinDocument};
 use crate::identity::DeviceId;
@@ -71,6 +74,11 @@ pub mod topics {
     /// `$fleetkit/devices/{id}/methods/req/{name}/{rid}`.
     pub fn method_request(device: &str, name: &str, request_id: &str) -> String {
         format!("{RESERVED_PREFIX}{device}/methods/req/{name}/{request_id}")
+    }
+
+    /// `$fleetkit/devices/{id}/certificates/res/{status}/{rid}`.
+    pub fn certificate_response(device: &str, status: u16, request_id: &str) -> String {
+        format!("{RESERVED_PREFIX}{device}/certificates/res/{status}/{request_id}")
     }
 
     /// What a reserved topic of the native dialect addresses, parsed.
@@ -120,6 +128,29 @@ pub mod topics {
             /// Request id.
             request_id: &'a str,
         },
+        /// The device asks for a certificate for a CSR.
+        CertificateCsr {
+            /// Device.
+            device: &'a str,
+            /// Request id.
+            request_id: &'a str,
+        },
+        /// The device confirms its new certificate works.
+        CertificateConfirm {
+            /// Device.
+            device: &'a str,
+            /// Request id.
+            request_id: &'a str,
+        },
+        /// The hub answers a certificate request.
+        CertificateResponse {
+            /// Device.
+            device: &'a str,
+            /// Status.
+            status: u16,
+            /// Request id.
+            request_id: &'a str,
+        },
         /// The device answers a method call.
         MethodResponse {
             /// Device.
@@ -157,6 +188,19 @@ pub mod topics {
             [device, "methods", "req", name, rid] => Reserved::MethodRequest {
                 device,
                 name,
+                request_id: rid,
+            },
+            [device, "certificates", "csr", rid] => Reserved::CertificateCsr {
+                device,
+                request_id: rid,
+            },
+            [device, "certificates", "confirm", rid] => Reserved::CertificateConfirm {
+                device,
+                request_id: rid,
+            },
+            [device, "certificates", "res", status, rid] => Reserved::CertificateResponse {
+                device,
+                status: status.parse().ok()?,
                 request_id: rid,
             },
             [device, "methods", "res", status, rid] => Reserved::MethodResponse {
@@ -221,6 +265,7 @@ impl Dialect for NativeDialect {
             Feature::DesiredNotifications,
             Feature::TwinVersioning,
             Feature::Methods,
+            Feature::CertificateRotation,
         ])
     }
 
@@ -255,6 +300,7 @@ impl Dialect for NativeDialect {
             (format!("{root}/twin/res/#"), 0),
             (format!("{root}/twin/desired"), 1),
             (format!("{root}/methods/req/#"), 0),
+            (format!("{root}/certificates/res/#"), 0),
         ]
     }
 
@@ -297,6 +343,15 @@ impl Dialect for NativeDialect {
                     Err(_) => other(),
                 }
             }
+            topics::Reserved::CertificateResponse {
+                device: d,
+                status,
+                request_id,
+            } if d == device.as_str() => Inbound::CertificateResponse {
+                request_id: request_id.to_string(),
+                status,
+                body: payload.clone(),
+            },
             topics::Reserved::MethodRequest {
                 device: d,
                 name,
@@ -407,6 +462,73 @@ impl Dialect for NativeDialect {
             serde_json::to_vec(&response.payload).expect("JSON"),
             0,
         ))
+    }
+
+    fn certificate_request(
+        &self,
+        device: &DeviceId,
+        request_id: &str,
+        csr_pem: &str,
+    ) -> Result<Outbound> {
+        Ok(Outbound::new(
+            format!(
+                "{}/certificates/csr/{request_id}",
+                topics::device_root(device.as_str())
+            ),
+            serde_json::to_vec(&json!({ "csr": csr_pem })).expect("JSON"),
+            0,
+        ))
+    }
+
+    fn certificate_confirm(
+        &self,
+        device: &DeviceId,
+        request_id: &str,
+        new_id: &str,
+        retire_id: &str,
+    ) -> Result<Outbound> {
+        Ok(Outbound::new(
+            format!(
+                "{}/certificates/confirm/{request_id}",
+                topics::device_root(device.as_str())
+            ),
+            serde_json::to_vec(&json!({ "certificateId": new_id, "retire": retire_id }))
+                .expect("JSON"),
+            0,
+        ))
+    }
+
+    fn parse_certificate(&self, status: u16, body: &Bytes) -> Result<IssuedCertificate> {
+        let v = json_body(body).unwrap_or(Value::Null);
+        let message = v
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message")
+            .to_string();
+        match status {
+            200 => Ok(IssuedCertificate {
+                certificate_id: v
+                    .get("certificateId")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::invalid("certificate answer", "no certificateId"))?
+                    .to_string(),
+                chain_pem: v
+                    .get("certificatePem")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
+            400 => Err(Error::invalid("csr", message)),
+            403 => Err(Error::PermissionDenied(message)),
+            404 => Err(Error::NotFound {
+                what: "certificate",
+                id: message,
+            }),
+            409 => Err(Error::Precondition(message)),
+            s => Err(Error::Unavailable(format!(
+                "certificate service answered {s}: {message}"
+            ))),
+        }
     }
 }
 

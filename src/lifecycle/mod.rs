@@ -4,3 +4,5 @@ pub mod audit;
 pub mod enrollment;
 #[cfg(feature = "device")]
 pub mod provision;
+#[cfg(feature = "device")]
+pub mod rotation;

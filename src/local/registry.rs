@@ -158,6 +158,17 @@ impl Registry {
 
     /// Checks that `leaf` may connect: registered, ACTIVE, and its device exists and is enabled.
     /// Returns its record.
+    /// The certificates registered for `device`, sorted by id.
+    pub fn certificates_of(&self, device: &str) -> Vec<&CertificateRecord> {
+        let mut certs: Vec<&CertificateRecord> = self
+            .certificates
+            .values()
+            .filter(|c| c.device == device)
+            .collect();
+        certs.sort_by(|a, b| a.id.cmp(&b.id));
+        certs
+    }
+
     pub(crate) fn admit(&self, leaf: &Certificate) -> Result<&CertificateRecord> {
         let id = leaf.fingerprint_sha256();
         let record = self

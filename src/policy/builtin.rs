@@ -90,15 +90,14 @@ fn literal(s: &str) -> String {
     out
 }
 
-/// A device of the local hub's native dialect (topics in [`crate::device::native`] when
-/// the `device` feature is on), by registry device id: least privilege for everything the
-/// `DeviceClient` does.
+/// A device of the local hub's native dialect (topics in `fleetkit::device::native`), by
+/// registry device id: least privilege for everything the `DeviceClient` does.
 ///
 /// | action | resources |
 /// |---|---|
 /// | `iot:Connect` | `client/${fleetkit:DeviceId}` — the client id must be the device id |
-/// | `iot:Publish` | telemetry `devices/{id}/telemetry` and `devices/{id}/telemetry/*`; `$fleetkit/devices/{id}/twin/get/*`, `…/twin/reported/*`, `…/methods/res/*` |
-/// | `iot:Subscribe` | `$fleetkit/devices/{id}/commands/#`, `…/twin/res/#`, `…/twin/desired`, `…/methods/req/#` |
+/// | `iot:Publish` | telemetry `devices/{id}/telemetry` and `devices/{id}/telemetry/*`; `$fleetkit/devices/{id}/twin/get/*`, `…/twin/reported/*`, `…/methods/res/*`, `…/certificates/csr/*`, `…/certificates/confirm/*` |
+/// | `iot:Subscribe` | `$fleetkit/devices/{id}/commands/#`, `…/twin/res/#`, `…/twin/desired`, `…/methods/req/#`, `…/certificates/res/#` |
 /// | `iot:Receive` | `$fleetkit/devices/{id}/*` |
 ///
 /// Nothing else: no other device's topics, no retained messages, no reading its own or
@@ -121,6 +120,8 @@ pub fn native_device() -> PolicyDocument {
                 arn("topic", &format!("{own}/twin/get/*")),
                 arn("topic", &format!("{own}/twin/reported/*")),
                 arn("topic", &format!("{own}/methods/res/*")),
+                arn("topic", &format!("{own}/certificates/csr/*")),
+                arn("topic", &format!("{own}/certificates/confirm/*")),
             ],
         ),
         allow(
@@ -131,6 +132,7 @@ pub fn native_device() -> PolicyDocument {
                 arn("topicfilter", &format!("{own}/twin/res/#")),
                 arn("topicfilter", &format!("{own}/twin/desired")),
                 arn("topicfilter", &format!("{own}/methods/req/#")),
+                arn("topicfilter", &format!("{own}/certificates/res/#")),
             ],
         ),
         allow(
@@ -418,6 +420,9 @@ mod tests {
             (Action::Publish, format!("{own}/twin/get/1")),
             (Action::Publish, format!("{own}/twin/reported/2")),
             (Action::Publish, format!("{own}/methods/res/200/3")),
+            (Action::Publish, format!("{own}/certificates/csr/5")),
+            (Action::Publish, format!("{own}/certificates/confirm/6")),
+            (Action::Subscribe, format!("{own}/certificates/res/#")),
             (Action::Subscribe, format!("{own}/commands/#")),
             (Action::Subscribe, format!("{own}/twin/res/#")),
             (Action::Subscribe, format!("{own}/twin/desired")),

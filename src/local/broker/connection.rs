@@ -371,6 +371,7 @@ pub(crate) async fn serve<S>(
         persistent: !connect.clean_session,
         client_id: client_id.clone(),
         device: device.clone(),
+        cert_id: cert_id.clone(),
         principal,
         generation: shared.policy_generation(),
         inflight: Vec::new(),
@@ -533,6 +534,8 @@ struct Conn {
     client_id: String,
     /// The registry device the client authenticated as.
     device: String,
+    /// The certificate it authenticated with (empty for a password).
+    cert_id: String,
     principal: Arc<Principal>,
     generation: u64,
     /// Sent QoS 1 deliveries awaiting PUBACK, by packet id.
@@ -729,6 +732,7 @@ impl Conn {
             let from = Publisher {
                 client_id: &self.client_id,
                 device: &self.device,
+                cert_id: (!self.cert_id.is_empty()).then_some(self.cert_id.as_str()),
             };
             if let Err(e) =
                 self.shared

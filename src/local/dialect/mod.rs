@@ -152,6 +152,8 @@ pub struct Publisher<'a> {
     pub client_id: &'a str,
     /// The registry device it authenticated as.
     pub device: &'a str,
+    /// The device certificate the connection authenticated with (`None` for a password).
+    pub cert_id: Option<&'a str>,
 }
 
 /// A service's way to publish: messages go through the broker's routing, so subscribers get

@@ -184,9 +184,116 @@ impl NativeHubDialect {
     }
 }
 
-/// The status and JSON body that answer a failed twin request.
+impl NativeHubDialect {
+    /// Rotation, step 1: a certificate for a CSR of the requesting device's own id.
+    fn issue_for_csr(
+        &self,
+        from: &Publisher<'_>,
+        device: &str,
+        payload: &Bytes,
+        outbox: &Outbox,
+    ) -> Result<Value> {
+        if from.device != device {
+            return Err(Error::PermissionDenied(format!(
+                "{} cannot ask for a certificate for {device}",
+                from.device
+            )));
+        }
+        let body: Value = serde_json::from_slice(payload)
+            .map_err(|e| Error::invalid("payload", format!("not JSON: {e}")))?;
+        let pem = body
+            .get("csr")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid("csr", "missing"))?;
+        let csr = crate::pki::DeviceCsr::from_pem(pem)?;
+        if csr.subject_common_name() != Some(device) {
+            return Err(Error::PermissionDenied(format!(
+                "the CSR names {:?}; a device can only renew its own identity ({device})",
+                csr.subject_common_name().unwrap_or_default()
+            )));
+        }
+        let shared = outbox.shared()?;
+        let id = crate::identity::DeviceId::new(device)?;
+        let certificate =
+            shared
+                .ca
+                .issue_for_csr(&id, &csr, &crate::pki::DeviceCertOptions::default())?;
+        let mut chain = certificate.to_pem();
+        for c in shared.ca.chain_for_devices() {
+            chain.push_str(&c.to_pem());
+        }
+        let cert_id = shared.register_certificate(certificate, device)?;
+        Ok(json!({"certificateId": cert_id, "certificatePem": chain}))
+    }
+
+    /// Rotation, last step: over the new certificate, retire the old one.
+    fn confirm(
+        &self,
+        from: &Publisher<'_>,
+        device: &str,
+        payload: &Bytes,
+        outbox: &Outbox,
+    ) -> Result<Value> {
+        if from.device != device {
+            return Err(Error::PermissionDenied(format!(
+                "{} cannot confirm for {device}",
+                from.device
+            )));
+        }
+        let body: Value = serde_json::from_slice(payload)
+            .map_err(|e| Error::invalid("payload", format!("not JSON: {e}")))?;
+        let new = body
+            .get("certificateId")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid("certificateId", "missing"))?;
+        let retire = body
+            .get("retire")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid("retire", "missing"))?;
+        if from.cert_id != Some(new) {
+            return Err(Error::PermissionDenied(
+                "confirm over a connection authenticated with the new certificate".into(),
+            ));
+        }
+        if new == retire {
+            return Err(Error::invalid("retire", "is the new certificate"));
+        }
+        let shared = outbox.shared()?;
+        let state = {
+            let registry = shared.registry.read().expect("registry lock");
+            let old = registry
+                .certificate(retire)
+                .ok_or_else(|| Error::NotFound {
+                    what: "certificate",
+                    id: retire.to_string(),
+                })?;
+            if old.device != device {
+                return Err(Error::PermissionDenied(format!(
+                    "certificate {retire} is not {device}'s"
+                )));
+            }
+            old.state
+        };
+        // Idempotent: a confirmation repeated after a lost answer changes nothing more.
+        if state == crate::local::CertificateState::Active {
+            shared.set_certificate_state(retire, crate::local::CertificateState::Inactive)?;
+        }
+        Ok(json!({"certificateId": new, "retired": retire}))
+    }
+}
+
+/// The status and JSON body that answer a failed request.
 fn error_body(e: &Error) -> (u16, Value) {
     match e {
+        Error::PermissionDenied(_) => (
+            403,
+            json!({"error": "permission_denied", "message": e.to_string()}),
+        ),
+        Error::NotFound { .. } => (404, json!({"error": "not_found", "message": e.to_string()})),
+        Error::Precondition(_) => (
+            409,
+            json!({"error": "precondition", "message": e.to_string()}),
+        ),
         Error::Conflict {
             expected, current, ..
         } => (
@@ -242,6 +349,8 @@ impl HubDialect for NativeHubDialect {
                     Reserved::TwinGet { .. }
                         | Reserved::TwinReported { .. }
                         | Reserved::MethodResponse { .. }
+                        | Reserved::CertificateCsr { .. }
+                        | Reserved::CertificateConfirm { .. }
                 )
             )
     }
@@ -306,6 +415,34 @@ impl HubDialect for NativeHubDialect {
                     let _ = call.answer.send(MethodResponse::new(status, payload));
                 }
                 // An answer nobody waits for (late, or unknown) is dropped, as the clouds do.
+                Ok(())
+            }
+            Some(Reserved::CertificateCsr { device, request_id }) => {
+                let (status, body) = match self.issue_for_csr(from, device, payload, outbox) {
+                    Ok(body) => (200, body),
+                    Err(e) => error_body(&e),
+                };
+                let topic = topics::certificate_response(device, status, request_id);
+                let _ = outbox.publish_to(
+                    from.client_id,
+                    &topic,
+                    Bytes::from(serde_json::to_vec(&body).expect("JSON")),
+                    0,
+                );
+                Ok(())
+            }
+            Some(Reserved::CertificateConfirm { device, request_id }) => {
+                let (status, body) = match self.confirm(from, device, payload, outbox) {
+                    Ok(body) => (200, body),
+                    Err(e) => error_body(&e),
+                };
+                let topic = topics::certificate_response(device, status, request_id);
+                let _ = outbox.publish_to(
+                    from.client_id,
+                    &topic,
+                    Bytes::from(serde_json::to_vec(&body).expect("JSON")),
+                    0,
+                );
                 Ok(())
             }
             _ => Err(Error::NotSupported(format!("no service owns {topic:?}"))),
