@@ -82,6 +82,10 @@ pub(crate) struct Shared {
     shutdown: Notify,
     /// Set once the hub is stopping (read by [`Shared::stopped`]).
     stopping: std::sync::atomic::AtomicBool,
+    /// Client ids taken over by another device or certificate: the identities seen and the
+    /// number of takeovers (Device Defender's CONFLICTING_CLIENT_IDS_CHECK).
+    pub(crate) takeovers:
+        Mutex<std::collections::HashMap<String, (std::collections::BTreeSet<String>, u32)>>,
     pub(crate) dialect: Arc<dyn HubDialect>,
     pub(crate) outbox: Outbox,
     /// The hub's CA (issues server and device certificates).
@@ -467,6 +471,7 @@ impl LocalHubBuilder {
             limits,
             shutdown: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            takeovers: Mutex::new(std::collections::HashMap::new()),
             dialect: self.dialect.clone(),
             outbox: Outbox::from_weak(weak.clone()),
             ca: ca.clone(),
@@ -1056,6 +1061,73 @@ impl LocalHub {
             key,
             rx,
         })
+    }
+
+    /// What the hub knows about its fleet's certificates, for
+    /// [`audit_fleet`](crate::lifecycle::audit::audit_fleet): registered CAs and their status,
+    /// device certificates, CRLs, live connections and client ids taken over between devices.
+    pub fn inventory(&self) -> crate::lifecycle::audit::FleetInventory {
+        use crate::lifecycle::audit::{
+            CaEntry, ClientIdConflict, ConnectionEntry, DeviceCertEntry, FleetInventory,
+        };
+        let mut inventory = FleetInventory::new();
+        for (certificate, status) in self.shared.trust.cas() {
+            inventory = inventory.with_ca(CaEntry::new(certificate, status));
+        }
+        for crl in self.shared.trust.crls() {
+            inventory = inventory.with_crl(crl);
+        }
+        self.with_registry(|r| {
+            for c in r.all_certificates() {
+                inventory.device_certificates.push(DeviceCertEntry::new(
+                    c.id.clone(),
+                    c.certificate.clone(),
+                    c.state,
+                    c.device.clone(),
+                ));
+            }
+        });
+        {
+            let state = self.shared.broker.lock().expect("broker lock");
+            for c in state.connections.values() {
+                let mut entry = ConnectionEntry::new(c.client_id.clone(), c.device.clone());
+                if !c.cert_id.is_empty() {
+                    entry = entry.with_certificate(c.cert_id.clone());
+                }
+                inventory.connections.push(entry);
+            }
+        }
+        for (client_id, (identities, takeovers)) in
+            self.shared.takeovers.lock().expect("takeovers lock").iter()
+        {
+            if identities.len() > 1 {
+                inventory.client_id_conflicts.push(ClientIdConflict::new(
+                    client_id.clone(),
+                    identities.iter().cloned(),
+                    *takeovers,
+                ));
+            }
+        }
+        inventory
+    }
+
+    /// Runs Device Defender's certificate checks over [`inventory`](Self::inventory) now.
+    pub fn audit(
+        &self,
+        config: &crate::lifecycle::audit::AuditConfig,
+    ) -> Vec<crate::lifecycle::audit::CertificateFinding> {
+        crate::lifecycle::audit::audit_fleet(
+            &self.inventory(),
+            config,
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+
+    /// The device certificates issued under `ca` (directly, or through registered
+    /// intermediates below it), as (certificate id, device) — the devices a revocation of
+    /// `ca` cuts off, and that need re-provisioning.
+    pub fn devices_under_ca(&self, ca: &Certificate) -> Vec<(String, String)> {
+        crate::lifecycle::audit::devices_under_ca(&self.inventory(), ca)
     }
 
     /// Client ids of the live MQTT connections, sorted.

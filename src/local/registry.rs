@@ -158,6 +158,13 @@ impl Registry {
 
     /// Checks that `leaf` may connect: registered, ACTIVE, and its device exists and is enabled.
     /// Returns its record.
+    /// Every registered device certificate, sorted by id.
+    pub fn all_certificates(&self) -> Vec<&CertificateRecord> {
+        let mut certs: Vec<&CertificateRecord> = self.certificates.values().collect();
+        certs.sort_by(|a, b| a.id.cmp(&b.id));
+        certs
+    }
+
     /// The certificates registered for `device`, sorted by id.
     pub fn certificates_of(&self, device: &str) -> Vec<&CertificateRecord> {
         let mut certs: Vec<&CertificateRecord> = self

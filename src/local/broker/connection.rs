@@ -306,6 +306,16 @@ pub(crate) async fn serve<S>(
             && let Some(entry) = state.connections.get(&old)
         {
             entry.kill.notify_one();
+            // Another identity taking this client id over is a conflict worth auditing.
+            let before = format!("{} ({})", entry.device, short(&entry.cert_id));
+            let now = format!("{device} ({})", short(&cert_id));
+            if before != now {
+                let mut takeovers = shared.takeovers.lock().expect("takeovers lock");
+                let slot = takeovers.entry(client_id.clone()).or_default();
+                slot.0.insert(before);
+                slot.0.insert(now);
+                slot.1 = slot.1.saturating_add(1);
+            }
         }
         if connect.clean_session {
             state.subscriptions.remove_key(&client_id);
@@ -454,6 +464,15 @@ pub(crate) async fn serve<S>(
     let will = if outcome.abnormal() { will } else { None };
     finish(&shared, conn_id, &client_id, will, unacked, &outcome);
     let _ = io.stream.shutdown().await;
+}
+
+/// The first 12 characters of a certificate id (or "password" for none), for messages.
+fn short(cert_id: &str) -> &str {
+    if cert_id.is_empty() {
+        "password"
+    } else {
+        &cert_id[..cert_id.len().min(12)]
+    }
 }
 
 /// Answers CONNECT with a refusal (the connection is closed by the caller returning).
