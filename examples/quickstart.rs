@@ -102,13 +102,6 @@ async fn main() -> fleetkit::Result<()> {
     device.on_method("reboot", |args| async move {
         MethodResponse::ok(json!({"rebooting_in_s": args["delay"].as_u64().unwrap_or(0)}))
     });
-    // The client subscribes as it connects; give the hub a moment to have them all.
-    within("subscriptions", async {
-        while hub.subscriptions_of("thermostat-1").len() < 4 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
     hub.send_command("thermostat-1", "set-mode", "eco").await?;
     let c = within("a command", commands.recv())
         .await

@@ -273,7 +273,8 @@ impl DeviceClientBuilder {
         self
     }
 
-    /// Connects. Returns once the hub accepted the first connection; a refusal
+    /// Connects. Returns once the hub accepted the first connection and the subscriptions
+    /// the dialect needs (commands, twin, methods); a refusal
     /// ([`Error::Unauthenticated`], [`Error::PermissionDenied`]) or an unreachable hub
     /// ([`Error::Unavailable`]) is returned as an error and nothing keeps running. After the
     /// first connection the client reconnects on its own.
@@ -508,11 +509,14 @@ impl Shared {
         Ok(())
     }
 
-    fn on_connected(&self, session_present: bool) {
+    /// Marks the client connected and (re)subscribes; returns whether it subscribed (then
+    /// the client is ready once the SUBACK arrives).
+    fn on_connected(&self, session_present: bool) -> bool {
         let mut inner = self.inner.lock().expect("client lock");
         inner.connected = true;
         let subs = self.dialect.subscriptions(&self.device);
-        if !subs.is_empty() {
+        let subscribed = !subs.is_empty();
+        if subscribed {
             let filters = subs.into_iter().map(|(f, q)| {
                 rumqttc::SubscribeFilter::new(
                     f,
@@ -528,6 +532,7 @@ impl Shared {
         self.pump(&mut inner);
         drop(inner);
         self.set_state(ConnectionState::Connected { session_present });
+        subscribed
     }
 
     /// After the connection dropped: every message in flight goes back to the queue (QoS 1)
@@ -745,6 +750,8 @@ async fn drive(
     let mut attempt: u32 = 0;
     // A switch applied, waiting for the outcome of the next connection attempt.
     let mut switching: Option<oneshot::Sender<Result<()>>> = None;
+    // Connected, waiting for the SUBACK of the subscriptions made on connect.
+    let mut ready_pending = false;
     loop {
         if let Ok(Some(password)) = shared.dialect.password(&shared.device) {
             let user = shared.dialect.username(&shared.device).unwrap_or_default();
@@ -760,17 +767,29 @@ async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 attempt = 0;
                 backoff.connected(std::time::Instant::now());
-                shared.on_connected(ack.session_present);
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(Ok(()));
-                }
-                if let Some(tx) = switching.take() {
-                    let _ = tx.send(Ok(()));
+                // Ready once the hub has the subscriptions too, so a command or method call
+                // sent right after `connect()` returns reaches the device.
+                ready_pending = shared.on_connected(ack.session_present);
+                if !ready_pending {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    if let Some(tx) = switching.take() {
+                        let _ = tx.send(Ok(()));
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => shared.on_message(&p),
             Ok(Event::Incoming(Packet::PubAck(ack))) => shared.on_puback(ack.pkid),
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if std::mem::take(&mut ready_pending) {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    if let Some(tx) = switching.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
                 if ack
                     .return_codes
                     .iter()
