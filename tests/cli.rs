@@ -1,0 +1,808 @@
+//! The `fleetkit` command-line tool end to end: the real binary in real processes, a hub on
+//! real sockets, and tools nobody here wrote as the other side — openssl checks the PKI's
+//! output, and Mosquitto's clients connect over mutual TLS with credentials the CLI issued.
+#![cfg(feature = "cli")]
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetkit");
+/// Longest any one command may take before the test gives up on it.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Kills and reaps the child when dropped, so a failing test leaves no process behind.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A finished command.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to completion (killing it after [`DEADLINE`]).
+fn run(cmd: &mut Command) -> Ran {
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out: Output = match rx.recv_timeout(DEADLINE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{what} did not finish within {DEADLINE:?}");
+        }
+    };
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `fleetkit args…` (with no FLEETKIT_DATA from the environment).
+fn fleetkit(args: &[&str]) -> Ran {
+    run(Command::new(BIN).args(args).env_remove("FLEETKIT_DATA"))
+}
+
+/// Runs `fleetkit args… --data DIR` and expects success.
+fn admin_ok(data: &Path, args: &[&str]) -> Ran {
+    let ran = fleetkit(&[args, &["--data", data.to_str().unwrap()]].concat());
+    assert!(ran.ok(), "fleetkit {args:?}: {ran:?}");
+    ran
+}
+
+/// Runs `fleetkit args… --data DIR` and expects failure with exit code 1 and a one-line
+/// `error: …` message; returns the message.
+fn admin_fails(data: &Path, args: &[&str]) -> String {
+    let ran = fleetkit(&[args, &["--data", data.to_str().unwrap()]].concat());
+    assert_eq!(ran.code, Some(1), "fleetkit {args:?}: {ran:?}");
+    assert!(
+        ran.stderr.starts_with("error: "),
+        "fleetkit {args:?}: {ran:?}"
+    );
+    ran.stderr.trim().to_string()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A `fleetkit hub start` process and what it printed.
+struct Hub {
+    child: ChildGuard,
+    data: PathBuf,
+    mqtt_port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Hub {
+    /// Starts a hub on free ports and waits until it prints its endpoints.
+    fn start(data: &Path) -> Hub {
+        let mut child = ChildGuard(
+            Command::new(BIN)
+                .args(["hub", "start", "--data", data.to_str().unwrap()])
+                .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
+                .env_remove("FLEETKIT_DATA")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start fleetkit hub"),
+        );
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        // Drain both pipes for the hub's whole life: a full pipe would stall it.
+        for (pipe, tx) in [
+            (
+                Box::new(child.0.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                Some(tx),
+            ),
+            (Box::new(child.0.stderr.take().unwrap()), None),
+        ] {
+            let log = log.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push_str(&format!("{line}\n"));
+                    if let Some(tx) = &tx {
+                        let _ = tx.send(line);
+                    }
+                }
+            });
+        }
+        let started = Instant::now();
+        let mqtt_port = loop {
+            let left = DEADLINE.saturating_sub(started.elapsed());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.trim().strip_prefix("mqtts") {
+                        let port = url.trim().rsplit(':').next().unwrap();
+                        break port.parse::<u16>().unwrap();
+                    }
+                }
+                Err(_) => panic!(
+                    "the hub printed no mqtts endpoint:\n{}",
+                    log.lock().unwrap()
+                ),
+            }
+        };
+        // It announces its endpoints only after admin.json is in place.
+        assert!(data.join("admin.json").exists());
+        Hub {
+            child,
+            data: data.to_path_buf(),
+            mqtt_port,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Stops it as Ctrl-C would and expects a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the hub did not stop:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "hub exit {status:?}:\n{}", self.log());
+        assert!(
+            !self.data.join("admin.json").exists(),
+            "admin.json (with its token) outlived the hub"
+        );
+    }
+}
+
+/// Mosquitto client arguments for a device credential written by `device issue-credential`.
+fn mosquitto_args(port: u16, cred: &Path, client_id: &str) -> Vec<String> {
+    let file = |n: &str| cred.join(n).to_str().unwrap().to_string();
+    vec![
+        "-h".into(),
+        "localhost".into(),
+        "-p".into(),
+        port.to_string(),
+        "--cafile".into(),
+        file("ca.pem"),
+        "--cert".into(),
+        file("device.pem"),
+        "--key".into(),
+        file("device.key"),
+        "-i".into(),
+        client_id.into(),
+        "-V".into(),
+        "mqttv311".into(),
+    ]
+}
+
+/// `mosquitto_pub`s one QoS 1 message; whether the hub took it.
+fn publish(port: u16, cred: &Path, topic: &str, message: &str) -> Ran {
+    run(Command::new("mosquitto_pub")
+        .args(mosquitto_args(port, cred, "sensor-1-pub"))
+        .args(["-q", "1", "-t", topic, "-m", message]))
+}
+
+/// Waits until `hub clients` lists (or, with `present` false, no longer lists) `client_id`.
+fn wait_for_client(data: &Path, client_id: &str, present: bool) {
+    let started = Instant::now();
+    loop {
+        let ran = admin_ok(data, &["hub", "clients", "--json"]);
+        let clients = json(&ran.stdout)["clients"].clone();
+        let listed = clients
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str() == Some(client_id));
+        if listed == present {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{client_id} still {} in {clients}",
+            if present { "absent" } else { "present" }
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const FLEET_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": [
+  {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${fleetkit:DeviceId}*"},
+  {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/fleet/${fleetkit:DeviceId}/*"},
+  {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/fleet/*"},
+  {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/fleet/*"}
+]}"#;
+
+fn device_ids(data: &Path) -> Vec<String> {
+    let list = json(&admin_ok(data, &["device", "list", "--json"]).stdout);
+    list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Sends requests to the admin API directly, with reqwest, as a client that has the CA file
+/// but not the token would.
+fn raw_admin_requests(data: &Path) -> Vec<(u16, serde_json::Value)> {
+    let admin = json(&std::fs::read_to_string(data.join("admin.json")).unwrap());
+    let url = admin["url"].as_str().unwrap().to_string();
+    let token = admin["token"].as_str().unwrap().to_string();
+    let ca = std::fs::read(data.join("ca.pem")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&ca) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let intruder = serde_json::json!({ "id": "intruder" });
+        let requests = [
+            http.post(format!("{url}/v1/devices"))
+                .bearer_auth("not-the-token")
+                .json(&intruder),
+            http.post(format!("{url}/v1/devices")).json(&intruder),
+            // The right token with one character changed.
+            http.post(format!("{url}/v1/devices"))
+                .bearer_auth(format!("{}x", &token[..token.len() - 1]))
+                .json(&intruder),
+            http.post(format!("{url}/v1/devices/sensor-1/disable"))
+                .bearer_auth("not-the-token"),
+            // The right token: proves the refusals above were about the token.
+            http.get(format!("{url}/v1/status")).bearer_auth(&token),
+        ];
+        let mut answers = Vec::new();
+        for request in requests {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.json::<serde_json::Value>().await.unwrap();
+            answers.push((status, body));
+        }
+        answers
+    })
+}
+
+#[test]
+fn pki_init_and_issue_make_files_openssl_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let ca_s = ca.to_str().unwrap();
+    let ran = fleetkit(&["pki", "init", "--out", ca_s, "--org", "Acme"]);
+    assert!(ran.ok(), "{ran:?}");
+    for key in ["root.key", "intermediate.key"] {
+        assert_eq!(mode(&ca.join(key)), 0o600, "{key}");
+    }
+    for cert in ["root.pem", "intermediate.pem", "chain.pem"] {
+        assert!(ca.join(cert).exists(), "{cert}");
+    }
+
+    // Existing files are never overwritten without --force, and a refused run changes nothing.
+    let before = std::fs::read(ca.join("root.key")).unwrap();
+    let again = fleetkit(&["pki", "init", "--out", ca_s]);
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(
+        again.stderr.starts_with("error: ") && again.stderr.contains("--force"),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read(ca.join("root.key")).unwrap(), before);
+
+    // A device certificate from a new key.
+    let dev = dir.path().join("dev");
+    let dev_s = dev.to_str().unwrap();
+    let ran = fleetkit(&[
+        "pki", "issue", "--ca-dir", ca_s, "--device", "sensor-7", "--out", dev_s, "--days", "30",
+    ]);
+    assert!(ran.ok(), "{ran:?}");
+    assert_eq!(mode(&dev.join("device.key")), 0o600);
+    let verify = run(Command::new("openssl").current_dir(dir.path()).args([
+        "verify",
+        "-CAfile",
+        "ca/root.pem",
+        "-untrusted",
+        "ca/intermediate.pem",
+        "dev/device.pem",
+    ]));
+    assert!(verify.ok(), "openssl verify: {verify:?}");
+    // And the chain file does the same job as -untrusted.
+    let verify = run(Command::new("openssl").current_dir(dir.path()).args([
+        "verify",
+        "-CAfile",
+        "ca/root.pem",
+        "-untrusted",
+        "dev/device-chain.pem",
+        "dev/device.pem",
+    ]));
+    assert!(verify.ok(), "openssl verify with the chain: {verify:?}");
+    let subject = run(Command::new("openssl").args([
+        "x509",
+        "-noout",
+        "-subject",
+        "-in",
+        dev.join("device.pem").to_str().unwrap(),
+    ]));
+    assert!(
+        subject.stdout.replace(" ", "").contains("CN=sensor-7"),
+        "{subject:?}"
+    );
+    // The key belongs to the certificate.
+    let cert_pub = run(Command::new("openssl").args([
+        "x509",
+        "-noout",
+        "-pubkey",
+        "-in",
+        dev.join("device.pem").to_str().unwrap(),
+    ]));
+    let key_pub = run(Command::new("openssl").args([
+        "pkey",
+        "-pubout",
+        "-in",
+        dev.join("device.key").to_str().unwrap(),
+    ]));
+    assert!(cert_pub.ok() && key_pub.ok(), "{cert_pub:?} {key_pub:?}");
+    assert_eq!(cert_pub.stdout, key_pub.stdout);
+
+    // A device certificate for a CSR made by openssl: no key is written, the CSR's key is used.
+    let csr_key = dir.path().join("csr.key");
+    let csr = dir.path().join("csr.pem");
+    let req = run(Command::new("openssl").args([
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        csr_key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+        "-subj",
+        "/CN=sensor-8",
+    ]));
+    assert!(req.ok(), "{req:?}");
+    let from_csr = dir.path().join("from-csr");
+    let ran = fleetkit(&[
+        "pki",
+        "issue",
+        "--ca-dir",
+        ca_s,
+        "--device",
+        "sensor-8",
+        "--out",
+        from_csr.to_str().unwrap(),
+        "--csr",
+        csr.to_str().unwrap(),
+    ]);
+    assert!(ran.ok(), "{ran:?}");
+    assert!(!from_csr.join("device.key").exists());
+    let verify = run(Command::new("openssl").current_dir(dir.path()).args([
+        "verify",
+        "-CAfile",
+        "ca/root.pem",
+        "-untrusted",
+        "ca/intermediate.pem",
+        "from-csr/device.pem",
+    ]));
+    assert!(verify.ok(), "{verify:?}");
+    let cert_pub = run(Command::new("openssl").args([
+        "x509",
+        "-noout",
+        "-pubkey",
+        "-in",
+        from_csr.join("device.pem").to_str().unwrap(),
+    ]));
+    let csr_pub =
+        run(Command::new("openssl").args(["pkey", "-pubout", "-in", csr_key.to_str().unwrap()]));
+    assert_eq!(cert_pub.stdout, csr_pub.stdout);
+
+    // A CSR for another device is refused and writes nothing.
+    let other = dir.path().join("other");
+    let ran = fleetkit(&[
+        "pki",
+        "issue",
+        "--ca-dir",
+        ca_s,
+        "--device",
+        "sensor-9",
+        "--out",
+        other.to_str().unwrap(),
+        "--csr",
+        csr.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("sensor-8"), "{ran:?}");
+    assert!(!other.join("device.pem").exists());
+
+    // A bad device id is a clear error.
+    let ran = fleetkit(&[
+        "pki",
+        "issue",
+        "--ca-dir",
+        ca_s,
+        "--device",
+        "no spaces",
+        "--out",
+        dev_s,
+        "--force",
+    ]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("device id"), "{ran:?}");
+
+    // --force replaces.
+    let ran = fleetkit(&["pki", "init", "--out", ca_s, "--force"]);
+    assert!(ran.ok(), "{ran:?}");
+    assert_ne!(std::fs::read(ca.join("root.key")).unwrap(), before);
+    assert_eq!(mode(&ca.join("root.key")), 0o600);
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    let ran = fleetkit(&["device", "frobnicate"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    let ran = fleetkit(&["device", "list"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("--data"), "{ran:?}");
+    let ran = fleetkit(&[
+        "cert",
+        "set-state",
+        "abc",
+        "sideways",
+        "--data",
+        "/nonexistent",
+    ]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let ran = fleetkit(&["device", "list", "--data", data]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("no hub is running"), "{ran:?}");
+
+    // The admin API never listens beyond loopback.
+    let ran = fleetkit(&[
+        "hub",
+        "start",
+        "--data",
+        data,
+        "--bind",
+        "127.0.0.1:0",
+        "--admin-bind",
+        "0.0.0.0:0",
+    ]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("loopback"), "{ran:?}");
+}
+
+#[test]
+fn a_hub_started_from_the_shell_serves_mosquitto_and_obeys_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("hub");
+    let hub = Hub::start(&data);
+    let port = hub.mqtt_port;
+    assert_eq!(mode(&data.join("admin.json")), 0o600);
+    let admin = std::fs::read_to_string(data.join("admin.json")).unwrap();
+    let token = json(&admin)["token"].as_str().unwrap().to_string();
+    assert!(token.len() >= 43, "{token}");
+    assert!(
+        !hub.log().contains(&token),
+        "the token was printed:\n{}",
+        hub.log()
+    );
+
+    // Set up a device with a policy.
+    let ran = admin_ok(
+        &data,
+        &[
+            "device", "create", "sensor-1", "--group", "fleet", "--attr", "site=lab",
+        ],
+    );
+    assert!(ran.stdout.contains("sensor-1"), "{ran:?}");
+    let policy = dir.path().join("fleet.json");
+    std::fs::write(&policy, FLEET_POLICY).unwrap();
+    let ran = admin_ok(&data, &["policy", "put", "fleet", policy.to_str().unwrap()]);
+    assert!(ran.stdout.contains("version 1"), "{ran:?}");
+    admin_ok(&data, &["policy", "attach", "fleet", "--group", "fleet"]);
+
+    // Bad input: a clear message, exit 1, and nothing changed.
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"Version": "2012-10-17", "Statement": ["#).unwrap();
+    let message = admin_fails(
+        &data,
+        &["policy", "put", "broken", broken.to_str().unwrap()],
+    );
+    assert!(message.contains("invalid policy"), "{message}");
+    let unknown_action = dir.path().join("unknown.json");
+    std::fs::write(
+        &unknown_action,
+        r#"{"Statement": {"Effect": "Allow", "Action": "iot:Teleport", "Resource": "*"}}"#,
+    )
+    .unwrap();
+    let message = admin_fails(
+        &data,
+        &["policy", "put", "fleet", unknown_action.to_str().unwrap()],
+    );
+    assert!(message.contains("iot:Teleport"), "{message}");
+    let policies = json(&admin_ok(&data, &["policy", "list", "--json"]).stdout);
+    assert_eq!(
+        policies["policies"].as_array().unwrap().len(),
+        1,
+        "{policies}"
+    );
+    assert_eq!(policies["policies"][0]["default_version"], 1, "{policies}");
+    let message = admin_fails(&data, &["device", "enable", "nosuch"]);
+    assert_eq!(message, "error: device not found: nosuch");
+    let message = admin_fails(&data, &["policy", "attach", "fleet", "--device", "nosuch"]);
+    assert!(message.contains("device not found: nosuch"), "{message}");
+    let message = admin_fails(&data, &["device", "create", "sensor-1"]);
+    assert!(message.contains("already exists"), "{message}");
+    let message = admin_fails(&data, &["device", "create", "x y"]);
+    assert!(message.contains("device id"), "{message}");
+    let message = admin_fails(
+        &data,
+        &[
+            "device",
+            "issue-credential",
+            "nosuch",
+            "--out",
+            dir.path().join("nope").to_str().unwrap(),
+        ],
+    );
+    assert!(message.contains("device not found"), "{message}");
+    assert_eq!(device_ids(&data), ["sensor-1"]);
+
+    // A request without the right token is refused and changes nothing.
+    let answers = raw_admin_requests(&data);
+    for (status, body) in &answers[..4] {
+        assert_eq!(*status, 401, "{body}");
+        assert_eq!(body["error"], "unauthenticated", "{body}");
+    }
+    assert_eq!(answers[4].0, 200, "{}", answers[4].1);
+    assert_eq!(answers[4].1["devices"], 1, "{}", answers[4].1);
+    assert_eq!(device_ids(&data), ["sensor-1"]);
+    let device = json(&admin_ok(&data, &["device", "show", "sensor-1", "--json"]).stdout);
+    assert_eq!(device["enabled"], true, "{device}");
+
+    // A credential for the device, written where mosquitto can use it.
+    let cred = dir.path().join("cred");
+    let ran = admin_ok(
+        &data,
+        &[
+            "device",
+            "issue-credential",
+            "sensor-1",
+            "--out",
+            cred.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(mode(&cred.join("device.key")), 0o600);
+    let cert_id = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate id"))
+        .map(|id| id.trim().to_string())
+        .unwrap_or_else(|| panic!("no certificate id in {ran:?}"));
+    assert_eq!(cert_id.len(), 64, "{cert_id}");
+    // The files are never overwritten, so the key cannot be lost to a second issue.
+    let message = admin_fails(
+        &data,
+        &[
+            "device",
+            "issue-credential",
+            "sensor-1",
+            "--out",
+            cred.to_str().unwrap(),
+        ],
+    );
+    assert!(message.contains("--force"), "{message}");
+
+    // An allowed publish reaches a subscriber, both Mosquitto clients over mutual TLS.
+    let mut sub = ChildGuard(
+        Command::new("mosquitto_sub")
+            .args(mosquitto_args(port, &cred, "sensor-1-sub"))
+            .args(["-t", "fleet/#", "-C", "1", "-W", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub (Debian package mosquitto-clients)"),
+    );
+    // Publish until the subscriber, whose SUBSCRIBE may still be on its way, has one.
+    let started = Instant::now();
+    let status = loop {
+        let ran = publish(port, &cred, "fleet/sensor-1/temp", "21.5");
+        assert!(ran.ok(), "mosquitto_pub: {ran:?}\nhub:\n{}", hub.log());
+        if let Some(status) = sub.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "nothing received:\n{}",
+            hub.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let mut received = String::new();
+    std::io::Read::read_to_string(sub.0.stdout.as_mut().unwrap(), &mut received).unwrap();
+    assert!(
+        status.success(),
+        "mosquitto_sub {status:?}\nhub:\n{}",
+        hub.log()
+    );
+    assert_eq!(received.trim(), "21.5");
+
+    // A publish the policy does not allow closes the connection: mosquitto_pub reports it.
+    // (QoS 1 so that it waits for the PUBACK that never comes.)
+    let denied = publish(port, &cred, "fleet/sensor-2/temp", "spoofed");
+    assert!(!denied.ok(), "a denied publish went through: {denied:?}");
+
+    // Disabling the device closes its live connection and refuses new ones. (First the
+    // connections above must be gone, so that the count below is the watcher's alone.)
+    wait_for_client(&data, "sensor-1-pub", false);
+    wait_for_client(&data, "sensor-1-sub", false);
+    let watcher = ChildGuard(
+        Command::new("mosquitto_sub")
+            .args(mosquitto_args(port, &cred, "sensor-1-watch"))
+            .args(["-t", "fleet/#", "-W", "120"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_client(&data, "sensor-1-watch", true);
+    let ran = admin_ok(&data, &["device", "disable", "sensor-1"]);
+    assert!(ran.stdout.contains("1 live connection closed"), "{ran:?}");
+    wait_for_client(&data, "sensor-1-watch", false);
+    let refused = publish(port, &cred, "fleet/sensor-1/temp", "while disabled");
+    assert!(!refused.ok(), "a disabled device published: {refused:?}");
+    admin_ok(&data, &["device", "enable", "sensor-1"]);
+    let ran = publish(port, &cred, "fleet/sensor-1/temp", "enabled again");
+    assert!(ran.ok(), "{ran:?}");
+    drop(watcher);
+
+    // Revoking the certificate refuses it for good.
+    let ran = admin_ok(&data, &["cert", "set-state", &cert_id, "revoked"]);
+    assert!(ran.stdout.contains("revoked"), "{ran:?}");
+    let refused = publish(port, &cred, "fleet/sensor-1/temp", "after revocation");
+    assert!(
+        !refused.ok(),
+        "a revoked certificate published: {refused:?}"
+    );
+    let message = admin_fails(&data, &["cert", "set-state", &cert_id, "active"]);
+    assert!(message.contains("revoked"), "{message}");
+    let cert = json(&admin_ok(&data, &["cert", "show", &cert_id, "--json"]).stdout);
+    assert_eq!(cert["state"], "revoked", "{cert}");
+    assert!(
+        hub.log().to_lowercase().contains("revoked"),
+        "the hub printed no refusal:\n{}",
+        hub.log()
+    );
+
+    // Stop (Ctrl-C) and start again on the same data: the registry, the policy and the CA
+    // survive; the revoked certificate stays revoked; a new credential works.
+    let ca_before = std::fs::read(data.join("ca.pem")).unwrap();
+    hub.stop();
+    let message = admin_fails(&data, &["device", "list"]);
+    assert!(message.contains("no hub is running"), "{message}");
+    let hub = Hub::start(&data);
+    let port = hub.mqtt_port;
+    assert_eq!(std::fs::read(data.join("ca.pem")).unwrap(), ca_before);
+    let admin_again = std::fs::read_to_string(data.join("admin.json")).unwrap();
+    assert_ne!(
+        json(&admin_again)["token"],
+        json(&admin)["token"],
+        "the token must be new on every start"
+    );
+    let device = json(&admin_ok(&data, &["device", "show", "sensor-1", "--json"]).stdout);
+    assert_eq!(device["groups"], serde_json::json!(["fleet"]), "{device}");
+    assert_eq!(device["attributes"]["site"], "lab", "{device}");
+    assert_eq!(device["certificates"][0]["state"], "revoked", "{device}");
+    let refused = publish(port, &cred, "fleet/sensor-1/temp", "after restart");
+    assert!(
+        !refused.ok(),
+        "a revoked certificate came back: {refused:?}"
+    );
+    let cred2 = dir.path().join("cred2");
+    admin_ok(
+        &data,
+        &[
+            "device",
+            "issue-credential",
+            "sensor-1",
+            "--out",
+            cred2.to_str().unwrap(),
+        ],
+    );
+    let ran = publish(port, &cred2, "fleet/sensor-1/temp", "new credential");
+    assert!(ran.ok(), "{ran:?}\nhub:\n{}", hub.log());
+
+    // A second hub on the same data directory is refused while this one runs.
+    let ran = fleetkit(&[
+        "hub",
+        "start",
+        "--data",
+        data.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("already running"), "{ran:?}");
+    assert!(data.join("admin.json").exists());
+    hub.stop();
+}
