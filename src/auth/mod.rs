@@ -37,6 +37,7 @@
 //! SAS tokens (Azure) and SigV4 helpers (AWS) will join this module.
 
 mod jwt;
+pub mod sas;
 
 pub use jwt::{
     Audience, Claims, DEFAULT_LEEWAY, JwtSigner, JwtVerifier, MAX_LEEWAY, MAX_TOKEN_BYTES,
