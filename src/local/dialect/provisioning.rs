@@ -536,10 +536,14 @@ impl FleetProvisioning {
                 claim_client_id: from.client_id.to_string(),
             })
             .map_err(|e| {
+                let reason = match e {
+                    Error::PermissionDenied(m) | Error::InvalidInput { reason: m, .. } => m,
+                    other => other.to_string(),
+                };
                 Rejected(
                     403,
                     "AccessDenied",
-                    format!("refused by the pre-provisioning hook: {e}"),
+                    format!("refused by the pre-provisioning hook: {reason}"),
                 )
             })?;
         }
