@@ -30,6 +30,8 @@
 //!   offline queue (`protocol`), and the cloud-neutral twin model.
 //! - `local::dialect`: how the hub speaks a cloud's device protocol (authentication,
 //!   reserved-topic services, limits); the native dialect's twin, methods and commands.
+//! - [`lifecycle`]: provisioning by claim and enrollment groups, crash-safe certificate
+//!   rotation, and an offline audit of certificate hygiene (Device Defender's checks).
 //! - [`backend`]: [`FleetAdmin`](backend::FleetAdmin), the control plane every backend
 //!   implements (the local hub today).
 //!
