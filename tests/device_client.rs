@@ -242,3 +242,47 @@ async fn an_unreachable_hub_or_an_untrusted_one_fails_connect_with_a_typed_error
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_twin_change_survives_a_hub_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = LocalHub::builder()
+        .data_dir(data.path())
+        .start()
+        .await
+        .unwrap();
+    hub.put_policy("device", &builtin::native_device()).unwrap();
+    hub.create_device(DeviceRecord::new("dev-1")).unwrap();
+    hub.attach_policy("device", AttachTarget::Device("dev-1".into()))
+        .unwrap();
+    let cred = hub.issue_device_credential("dev-1").unwrap();
+    let addr = hub.mqtt_addr();
+    let client = DeviceClient::builder(native(&hub), DeviceId::new("dev-1").unwrap())
+        .credential(cred)
+        .connect()
+        .await
+        .unwrap();
+    let v = client
+        .twin()
+        .report(serde_json::json!({"firmware": "2.1"}))
+        .await
+        .unwrap();
+    let d = hub
+        .update_desired("dev-1", serde_json::json!({"interval": 5}), None)
+        .await
+        .unwrap();
+    assert!(d > v);
+    client.shutdown(Duration::ZERO).await;
+    // A hard stop: dropped, not shut down.
+    drop(hub);
+    let hub = LocalHub::builder()
+        .bind(addr)
+        .data_dir(data.path())
+        .start()
+        .await
+        .unwrap();
+    let twin = hub.twin("dev-1").unwrap();
+    assert_eq!(twin.version(), d);
+    assert_eq!(twin.reported()["firmware"], "2.1");
+    assert_eq!(twin.desired()["interval"], 5);
+}

@@ -207,6 +207,25 @@ impl Shared {
         result
     }
 
+    /// Saves the dialect's service state (no-op without a data directory or state).
+    pub(crate) fn save_dialect_state(&self) -> Result<()> {
+        let Some(p) = &self.persist else {
+            return Ok(());
+        };
+        match self.dialect.save_state() {
+            Some(state) => p.dir.save_dialect(self.dialect.name(), &state),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves `state` as the dialect's service state (no-op without a data directory).
+    pub(crate) fn save_dialect_value(&self, state: &serde_json::Value) -> Result<()> {
+        match &self.persist {
+            Some(p) => p.dir.save_dialect(self.dialect.name(), state),
+            None => Ok(()),
+        }
+    }
+
     /// Saves the registry and trust store after an admin change.
     fn save_admin(&self) -> Result<()> {
         let Some(p) = &self.persist else {
@@ -486,6 +505,11 @@ impl LocalHubBuilder {
             }),
         });
         shared.save_admin()?;
+        if let Some(p) = &shared.persist
+            && let Some(state) = p.dir.load_dialect(shared.dialect.name())?
+        {
+            shared.dialect.load_state(state)?;
+        }
         shared.dialect.attach(shared.outbox.clone());
         tokio::spawn(publish_events(
             Arc::downgrade(&shared),

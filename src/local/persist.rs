@@ -272,4 +272,27 @@ impl DataDir {
     pub(crate) fn save_broker(&self, snapshot: &impl Serialize) -> Result<()> {
         self.write_json(BROKER, snapshot)
     }
+
+    /// The file a dialect's service state lives in.
+    fn dialect_file(dialect: &str) -> String {
+        let safe: String = dialect
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("dialect-{safe}.json")
+    }
+
+    /// A dialect's saved service state (twins, …), if any.
+    pub(crate) fn load_dialect(&self, dialect: &str) -> Result<Option<serde_json::Value>> {
+        let name = Self::dialect_file(dialect);
+        match self.read(&name)? {
+            Some(text) => Ok(Some(self.parse(&name, &text)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves a dialect's service state atomically.
+    pub(crate) fn save_dialect(&self, dialect: &str, state: &serde_json::Value) -> Result<()> {
+        self.write_json(&Self::dialect_file(dialect), state)
+    }
 }

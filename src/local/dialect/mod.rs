@@ -288,6 +288,19 @@ impl Outbox {
         ))
     }
 
+    /// Writes the dialect's service state ([`HubDialect::save_state`]) to the data directory
+    /// now, so what a service is about to acknowledge survives a restart (no-op without a
+    /// data directory).
+    pub fn persist(&self) -> Result<()> {
+        self.shared()?.save_dialect_state()
+    }
+
+    /// Writes `state` as the dialect's service state now (for a service that holds its own
+    /// lock while it saves; no-op without a data directory).
+    pub fn persist_state(&self, state: &serde_json::Value) -> Result<()> {
+        self.shared()?.save_dialect_value(state)
+    }
+
     pub(crate) fn shared(&self) -> Result<std::sync::Arc<Shared>> {
         self.shared
             .upgrade()
@@ -339,6 +352,18 @@ pub trait HubDialect: Send + Sync + 'static {
     /// enabled device and refuses clients without one.
     fn authenticate(&self, hello: &Hello<'_>, registry: &Registry) -> Result<Authenticated> {
         authenticate_certificate(hello, registry)
+    }
+
+    /// The service state to keep across restarts when the hub has a data directory (twins,
+    /// …); `None` if the dialect keeps none.
+    fn save_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Restores what [`save_state`](Self::save_state) returned, when the hub starts.
+    fn load_state(&self, state: serde_json::Value) -> Result<()> {
+        let _ = state;
+        Ok(())
     }
 
     /// Whether clients may complete the TLS handshake without a client certificate (to

@@ -115,6 +115,35 @@ impl NativeHubDialect {
         self
     }
 
+    /// Applies `change` to a copy of `device`'s twin, keeps it, and writes the twins to the
+    /// data directory before returning — so an acknowledged change survives a restart, and a
+    /// change that cannot be saved is undone (nothing half-applied).
+    fn update_twin(
+        &self,
+        device: &str,
+        change: impl FnOnce(&mut TwinDocument) -> Result<crate::device::twin::Applied>,
+    ) -> Result<crate::device::twin::Applied> {
+        // The lock is held while saving, so concurrent changes are saved in order and an
+        // undo never clobbers another change.
+        let mut twins = self.twins.lock().expect("twins lock");
+        let before = twins.get(device).cloned();
+        let mut doc = before.clone().unwrap_or_default();
+        let applied = change(&mut doc)?;
+        twins.insert(device.to_string(), doc);
+        let saved = match self.outbox.get() {
+            Some(outbox) => outbox.persist_state(&twins_state(&twins)),
+            None => Ok(()),
+        };
+        if let Err(e) = saved {
+            match before {
+                Some(doc) => twins.insert(device.to_string(), doc),
+                None => twins.remove(device),
+            };
+            return Err(e);
+        }
+        Ok(applied)
+    }
+
     fn outbox(&self) -> Result<&Outbox> {
         self.outbox
             .get()
@@ -171,14 +200,14 @@ impl NativeHubDialect {
                 json!({"error": "invalid_input", "field": "version", "message": "must be a non-negative integer"}),
             ))?),
         };
-        let mut twins = self.twins.lock().expect("twins lock");
-        let doc = twins.entry(device.to_string()).or_default();
-        doc.apply_reported(
-            &Value::Object(patch),
-            expected,
-            &self.twin_limits,
-            time::OffsetDateTime::now_utc(),
-        )
+        self.update_twin(device, |doc| {
+            doc.apply_reported(
+                &Value::Object(patch),
+                expected,
+                &self.twin_limits,
+                time::OffsetDateTime::now_utc(),
+            )
+        })
         .map(|applied| applied.versions.version)
         .map_err(|e| error_body(&e))
     }
@@ -282,6 +311,15 @@ impl NativeHubDialect {
     }
 }
 
+/// The twins as the dialect's saved state.
+fn twins_state(twins: &HashMap<String, TwinDocument>) -> Value {
+    let twins: serde_json::Map<String, Value> = twins
+        .iter()
+        .map(|(d, t)| (d.clone(), serde_json::to_value(t).expect("JSON")))
+        .collect();
+    json!({ "twins": twins })
+}
+
 /// The status and JSON body that answer a failed request.
 fn error_body(e: &Error) -> (u16, Value) {
     match e {
@@ -335,6 +373,24 @@ impl HubDialect for NativeHubDialect {
             )),
             (None, _) => Err(Error::Unauthenticated("no client certificate".into())),
         }
+    }
+
+    fn save_state(&self) -> Option<Value> {
+        Some(twins_state(&self.twins.lock().expect("twins lock")))
+    }
+
+    fn load_state(&self, state: Value) -> Result<()> {
+        let mut loaded = HashMap::new();
+        if let Some(Value::Object(twins)) = state.get("twins") {
+            for (device, doc) in twins {
+                let doc: TwinDocument = serde_json::from_value(doc.clone()).map_err(|e| {
+                    Error::invalid("dialect state", format!("twin of {device}: {e}"))
+                })?;
+                loaded.insert(device.clone(), doc);
+            }
+        }
+        *self.twins.lock().expect("twins lock") = loaded;
+        Ok(())
     }
 
     fn accepts_clients_without_certificate(&self) -> bool {
@@ -490,20 +546,18 @@ impl HubDialect for NativeHubDialect {
         let Value::Object(patch) = patch else {
             return Err(Error::invalid("patch", "must be a JSON object"));
         };
-        let (version, effective): (u64, Map<String, Value>) = {
-            let mut twins = self.twins.lock().expect("twins lock");
-            let doc = twins.entry(device.to_string()).or_default();
-            let applied = doc.apply_desired(
+        let applied = self.update_twin(device, |doc| {
+            doc.apply_desired(
                 &Value::Object(patch),
                 expected_version,
                 &self.twin_limits,
                 time::OffsetDateTime::now_utc(),
-            )?;
-            (
-                applied.versions.version,
-                applied.desired.unwrap_or_default(),
             )
-        };
+        })?;
+        let (version, effective): (u64, Map<String, Value>) = (
+            applied.versions.version,
+            applied.desired.unwrap_or_default(),
+        );
         let notification = json!({"version": version, "patch": effective});
         self.outbox()?
             .publish(
