@@ -806,3 +806,700 @@ fn a_hub_started_from_the_shell_serves_mosquitto_and_obeys_the_cli() {
     assert!(data.join("admin.json").exists());
     hub.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle commands: provision and rotate (device side), revoke and audit (fleet side).
+
+use fleetkit::identity::{CredentialStore, Credentials, DeviceId, Signer as _, Slot, SoftwareKey};
+use fleetkit::local::dialect::{NativeHubDialect, ProvisioningTemplate};
+use fleetkit::local::{CertificateState, DeviceRecord, LocalHub};
+use fleetkit::pki::DeviceCertOptions;
+use fleetkit::policy::{AttachTarget, builtin};
+
+/// Runs `fleetkit args…` and expects exit code 1 with a one-line `error: …`; returns it.
+fn fails(args: &[&str]) -> String {
+    let ran = fleetkit(args);
+    assert_eq!(ran.code, Some(1), "fleetkit {args:?}: {ran:?}");
+    assert!(
+        ran.stderr.starts_with("error: ") && ran.stderr.trim().lines().count() == 1,
+        "fleetkit {args:?}: {ran:?}"
+    );
+    ran.stderr.trim().to_string()
+}
+
+/// The value after `label` on the line that starts with it (after indentation).
+fn field(ran: &Ran, label: &str) -> String {
+    ran.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {label:?} in {ran:?}"))
+}
+
+/// The `old → new` certificate ids of a `rotated …: old → new` line.
+fn rotated_ids(ran: &Ran) -> (String, String) {
+    let line = ran
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("rotated "))
+        .unwrap_or_else(|| panic!("no rotation reported: {ran:?}"));
+    let (_, ids) = line.split_once(": ").unwrap();
+    let (old, new) = ids.split_once(" → ").unwrap();
+    (old.to_string(), new.to_string())
+}
+
+/// The store's active certificate id.
+fn active_id(store: &Path) -> String {
+    match CredentialStore::open(store).unwrap().load().unwrap() {
+        Credentials::X509(c) => c.leaf().fingerprint_sha256(),
+        other => panic!("not X.509: {other:?}"),
+    }
+}
+
+/// Every file in the store is 0600 and every directory 0700; no key lies around elsewhere.
+fn assert_private(store: &Path) {
+    assert_eq!(mode(store), 0o700, "{}", store.display());
+    for entry in std::fs::read_dir(store).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_private(&path);
+        } else {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+}
+
+/// A hub in this process serving a provisioning template (the `hub start` command has no way
+/// to configure one yet), with a claim credential and the hub CA written to files.
+struct ClaimHub {
+    runtime: tokio::runtime::Runtime,
+    hub: Option<LocalHub>,
+    dir: tempfile::TempDir,
+    endpoint: String,
+}
+
+const TEMPLATE: &str = "thermostats";
+
+impl ClaimHub {
+    fn start() -> ClaimHub {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let template = ProvisioningTemplate::new(TEMPLATE, "thermostat-{SerialNumber}")
+            .unwrap()
+            .with_policy("device")
+            .in_group("thermostats")
+            .with_hook(|req| {
+                if req.parameters["SerialNumber"] == "666" {
+                    Err(fleetkit::Error::PermissionDenied(
+                        "serial 666 is not on the allow-list".into(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+        let hub = runtime.block_on(async {
+            LocalHub::builder()
+                .dialect(NativeHubDialect::new().with_provisioning_template(template))
+                .start()
+                .await
+                .unwrap()
+        });
+        hub.put_policy("device", &builtin::native_device()).unwrap();
+        // The claim may use the template, and "ghost", which the hub does not have (to see
+        // the hub's own answer for an unknown template).
+        hub.put_policy("claim", &builtin::provisioning_claim(TEMPLATE))
+            .unwrap();
+        hub.put_policy("claim-ghost", &builtin::provisioning_claim("ghost"))
+            .unwrap();
+        hub.create_device(DeviceRecord::new("factory-claim"))
+            .unwrap();
+        for policy in ["claim", "claim-ghost"] {
+            hub.attach_policy(policy, AttachTarget::Device("factory-claim".into()))
+                .unwrap();
+        }
+        // The claim credential, written as a factory would: certificate chain and key files.
+        let key = SoftwareKey::generate_p256().unwrap();
+        let cert = hub
+            .ca()
+            .issue(
+                &DeviceId::new("factory-claim").unwrap(),
+                key.public_key_spki(),
+                &DeviceCertOptions::default(),
+            )
+            .unwrap();
+        hub.register_certificate(cert.clone(), "factory-claim")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = cert.to_pem();
+        for c in hub.ca().chain_for_devices() {
+            chain.push_str(&c.to_pem());
+        }
+        std::fs::write(dir.path().join("claim.pem"), chain).unwrap();
+        key.write_pkcs8_pem(dir.path().join("claim.key")).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), hub.ca_certificate().to_pem()).unwrap();
+        let endpoint = format!("localhost:{}", hub.mqtt_addr().port());
+        ClaimHub {
+            runtime,
+            hub: Some(hub),
+            dir,
+            endpoint,
+        }
+    }
+
+    fn hub(&self) -> &LocalHub {
+        self.hub.as_ref().unwrap()
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// `fleetkit provision` with the claim, `extra` arguments and the store `store`.
+    fn provision(&self, store: &str, extra: &[&str]) -> Ran {
+        let (ca, cert, key, store) = (
+            self.path("ca.pem"),
+            self.path("claim.pem"),
+            self.path("claim.key"),
+            self.path(store),
+        );
+        let mut args = vec![
+            "provision",
+            "--endpoint",
+            &self.endpoint,
+            "--ca",
+            &ca,
+            "--claim-cert",
+            &cert,
+            "--claim-key",
+            &key,
+            "--store",
+            &store,
+        ];
+        args.extend_from_slice(extra);
+        fleetkit(&args)
+    }
+
+    /// `fleetkit rotate` of the credential in `store` for `device`.
+    fn rotate(&self, store: &str, device: &str) -> Ran {
+        let (ca, store) = (self.path("ca.pem"), self.path(store));
+        fleetkit(&[
+            "rotate",
+            "--endpoint",
+            &self.endpoint,
+            "--ca",
+            &ca,
+            "--store",
+            &store,
+            "--device",
+            device,
+        ])
+    }
+
+    fn state(&self, cert_id: &str) -> CertificateState {
+        self.hub()
+            .with_registry(|r| r.certificate(cert_id).map(|c| c.state))
+            .unwrap_or_else(|| panic!("certificate {cert_id} is not registered"))
+    }
+
+    fn has_device(&self, id: &str) -> bool {
+        self.hub().with_registry(|r| r.device(id).is_some())
+    }
+}
+
+impl Drop for ClaimHub {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.take() {
+            self.runtime.block_on(hub.shutdown());
+        }
+    }
+}
+
+#[test]
+fn provision_by_claim_then_rotate_against_a_hub_with_a_template() {
+    let claim = ClaimHub::start();
+
+    // A key made here, a CSR for the device id: the store gets the credential, 0600.
+    let ran = claim.provision(
+        "store",
+        &[
+            "--template",
+            TEMPLATE,
+            "--device-id",
+            "thermostat-0042",
+            "--param",
+            "SerialNumber=0042",
+        ],
+    );
+    assert!(ran.ok(), "{ran:?}");
+    assert_eq!(field(&ran, "provisioned device"), "thermostat-0042");
+    let cert_id = field(&ran, "certificate id");
+    assert_eq!(cert_id.len(), 64, "{ran:?}");
+    assert!(
+        !format!("{}{}", ran.stdout, ran.stderr).contains("PRIVATE KEY"),
+        "{ran:?}"
+    );
+    let store = claim.dir.path().join("store");
+    assert_private(&store);
+    assert_eq!(active_id(&store), cert_id);
+    assert_eq!(claim.state(&cert_id), CertificateState::Active);
+    claim.hub().with_registry(|r| {
+        let d = r.device("thermostat-0042").expect("the device was created");
+        assert_eq!(d.groups, ["thermostats"]);
+    });
+
+    // The store is not overwritten without --force, and the hub is not even asked.
+    let again = claim.provision(
+        "store",
+        &[
+            "--template",
+            TEMPLATE,
+            "--device-id",
+            "thermostat-0043",
+            "--param",
+            "SerialNumber=0043",
+        ],
+    );
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(again.stderr.contains("--force"), "{again:?}");
+    assert!(!claim.has_device("thermostat-0043"));
+
+    // Refusals are typed and clear, and leave no store behind.
+    let refused = claim.provision(
+        "store-666",
+        &[
+            "--template",
+            TEMPLATE,
+            "--device-id",
+            "thermostat-666",
+            "--param",
+            "SerialNumber=666",
+        ],
+    );
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.starts_with("error: ")
+            && refused.stderr.contains("permission denied")
+            && refused.stderr.contains("pre-provisioning hook")
+            && refused.stderr.contains("serial 666"),
+        "{refused:?}"
+    );
+    assert!(!claim.dir.path().join("store-666").exists());
+    let unknown = claim.provision(
+        "store-ghost",
+        &[
+            "--template",
+            "ghost",
+            "--device-id",
+            "thermostat-0044",
+            "--param",
+            "SerialNumber=0044",
+        ],
+    );
+    assert_eq!(unknown.code, Some(1), "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .contains("no provisioning template \"ghost\""),
+        "{unknown:?}"
+    );
+    let not_allowed = claim.provision(
+        "store-other",
+        &[
+            "--template",
+            "other",
+            "--device-id",
+            "thermostat-0045",
+            "--param",
+            "SerialNumber=0045",
+        ],
+    );
+    assert_eq!(not_allowed.code, Some(1), "{not_allowed:?}");
+    assert!(
+        not_allowed.stderr.contains("\"other\"")
+            && not_allowed
+                .stderr
+                .contains("does not allow the provisioning topics"),
+        "{not_allowed:?}"
+    );
+    let missing = claim.provision(
+        "store-x",
+        &[
+            "--template",
+            TEMPLATE,
+            "--device-id",
+            "thermostat-0046",
+            "--param",
+            "Serial=0046",
+        ],
+    );
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert!(
+        missing.stderr.contains("SerialNumber is required"),
+        "{missing:?}"
+    );
+    for id in ["666", "0044", "0045", "0046"] {
+        assert!(!claim.has_device(&format!("thermostat-{id}")), "{id}");
+    }
+    // Usage: a device id or --service-key, not both.
+    let both = claim.provision(
+        "store-y",
+        &["--template", TEMPLATE, "--device-id", "x", "--service-key"],
+    );
+    assert_eq!(both.code, Some(2), "{both:?}");
+
+    // The hub makes the key: it is stored, never printed.
+    let ran = claim.provision(
+        "store-77",
+        &[
+            "--template",
+            TEMPLATE,
+            "--service-key",
+            "--param",
+            "SerialNumber=0077",
+        ],
+    );
+    assert!(ran.ok(), "{ran:?}");
+    assert_eq!(field(&ran, "provisioned device"), "thermostat-0077");
+    assert!(
+        !format!("{}{}", ran.stdout, ran.stderr).contains("PRIVATE KEY"),
+        "{ran:?}"
+    );
+    let store77 = claim.dir.path().join("store-77");
+    assert_private(&store77);
+    assert_eq!(active_id(&store77), field(&ran, "certificate id"));
+
+    // Rotation: every step printed, old → new, the old certificate retired at the hub, the
+    // store's active credential replaced.
+    let ran = claim.rotate("store", "thermostat-0042");
+    assert!(ran.ok(), "{ran:?}");
+    for step in [
+        "key generated",
+        "certificate issued",
+        "staged",
+        "switched",
+        "confirmed",
+        "committed",
+    ] {
+        assert!(
+            ran.stdout.contains(&format!("  {step}\n")),
+            "{step}: {ran:?}"
+        );
+    }
+    let (old, new) = rotated_ids(&ran);
+    assert_eq!(old, cert_id);
+    assert_ne!(new, cert_id);
+    assert_eq!(claim.state(&old), CertificateState::Inactive);
+    assert_eq!(claim.state(&new), CertificateState::Active);
+    assert_eq!(active_id(&store), new);
+    assert_private(&store);
+
+    // A rotation interrupted after staging a certificate the hub accepts: recovered (said so)
+    // and completed, not rotated a second time.
+    let pending = claim
+        .hub()
+        .issue_device_credential("thermostat-0042")
+        .unwrap();
+    let pending_id = pending.leaf().fingerprint_sha256();
+    let opened = CredentialStore::open(&store).unwrap();
+    opened.stage(&Credentials::X509(pending)).unwrap();
+    let ran = claim.rotate("store", "thermostat-0042");
+    assert!(ran.ok(), "{ran:?}");
+    assert!(
+        ran.stdout.contains("a rotation was interrupted")
+            && ran.stdout.contains("recovering first")
+            && ran.stdout.contains("the interrupted rotation is complete"),
+        "{ran:?}"
+    );
+    assert_eq!(rotated_ids(&ran), (new.clone(), pending_id.clone()));
+    assert_eq!(active_id(&store), pending_id);
+    assert_eq!(claim.state(&new), CertificateState::Inactive);
+    assert!(opened.load_slot(Slot::Pending).unwrap().is_none());
+
+    // One whose staged certificate the hub refuses: discarded (said so), then a rotation.
+    let refused = claim
+        .hub()
+        .issue_device_credential("thermostat-0042")
+        .unwrap();
+    claim
+        .hub()
+        .set_certificate_state(
+            &refused.leaf().fingerprint_sha256(),
+            CertificateState::Revoked,
+        )
+        .unwrap();
+    opened.stage(&Credentials::X509(refused)).unwrap();
+    let ran = claim.rotate("store", "thermostat-0042");
+    assert!(ran.ok(), "{ran:?}");
+    assert!(
+        ran.stdout.contains("refused the pending certificate"),
+        "{ran:?}"
+    );
+    let (old, newest) = rotated_ids(&ran);
+    assert_eq!(old, pending_id);
+    assert_eq!(active_id(&store), newest);
+    assert_eq!(claim.state(&newest), CertificateState::Active);
+
+    // Bad input: exit 1 and a clear message.
+    let message = fails(&[
+        "rotate",
+        "--endpoint",
+        &claim.endpoint,
+        "--ca",
+        &claim.path("ca.pem"),
+        "--store",
+        &claim.path("nowhere"),
+        "--device",
+        "thermostat-0042",
+    ]);
+    assert!(message.contains("no credential store at"), "{message}");
+    assert!(!claim.dir.path().join("nowhere").exists());
+    let message = fails(&[
+        "provision",
+        "--endpoint",
+        &claim.endpoint,
+        "--ca",
+        &claim.path("ca.pem"),
+        "--claim-cert",
+        &claim.path("claim.pem"),
+        "--claim-key",
+        &claim.path("no-such.key"),
+        "--template",
+        TEMPLATE,
+        "--device-id",
+        "thermostat-0050",
+        "--store",
+        &claim.path("store-50"),
+    ]);
+    assert!(message.contains("no-such.key"), "{message}");
+    let ran = fleetkit(&[
+        "rotate",
+        "--endpoint",
+        "localhost",
+        "--ca",
+        "ca.pem",
+        "--store",
+        "s",
+        "--device",
+        "d",
+    ]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("HOST:PORT"), "{ran:?}");
+}
+
+/// Runs `fleetkit args… --data DIR` whatever its exit code.
+fn on_hub(data: &Path, args: &[&str]) -> Ran {
+    fleetkit(&[args, &["--data", data.to_str().unwrap()]].concat())
+}
+
+#[test]
+fn revoke_and_audit_a_hub_started_from_the_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("hub");
+    let hub = Hub::start(&data);
+    let port = hub.mqtt_port;
+
+    // A clean fleet: exit 0. Medium findings only (certificates expire within 400 days, since
+    // they live 365) are printed, and still exit 0.
+    let ran = on_hub(&data, &["audit"]);
+    assert!(ran.ok(), "{ran:?}");
+    assert!(ran.stdout.contains("no findings"), "{ran:?}");
+
+    // Devices under an intermediate CA of our own, and one with a credential from the hub CA.
+    let ca = dir.path().join("ca");
+    let ran = fleetkit(&["pki", "init", "--out", ca.to_str().unwrap()]);
+    assert!(ran.ok(), "{ran:?}");
+    let intermediate = ca.join("intermediate.pem");
+    admin_ok(
+        &data,
+        &["ca", "register", ca.join("root.pem").to_str().unwrap()],
+    );
+    admin_ok(&data, &["ca", "register", intermediate.to_str().unwrap()]);
+    let policy = dir.path().join("fleet.json");
+    std::fs::write(&policy, FLEET_POLICY).unwrap();
+    admin_ok(&data, &["policy", "put", "fleet", policy.to_str().unwrap()]);
+    admin_ok(&data, &["policy", "attach", "fleet", "--group", "fleet"]);
+    for device in ["sensor-a", "sensor-b"] {
+        admin_ok(&data, &["device", "create", device, "--group", "fleet"]);
+        let out = dir.path().join(device);
+        let ran = fleetkit(&[
+            "pki",
+            "issue",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--device",
+            device,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ran.ok(), "{ran:?}");
+        admin_ok(
+            &data,
+            &[
+                "cert",
+                "register",
+                "--device",
+                device,
+                out.join("device.pem").to_str().unwrap(),
+            ],
+        );
+    }
+    admin_ok(&data, &["device", "create", "sensor-1", "--group", "fleet"]);
+    let cred = dir.path().join("cred");
+    let ran = admin_ok(
+        &data,
+        &[
+            "device",
+            "issue-credential",
+            "sensor-1",
+            "--out",
+            cred.to_str().unwrap(),
+        ],
+    );
+    let cert_id = field(&ran, "certificate id");
+    let ran = on_hub(&data, &["audit", "--expiring-days", "400"]);
+    assert!(ran.ok(), "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("MEDIUM DEVICE_CERTIFICATE_EXPIRING_CHECK device certificate"),
+        "{ran:?}"
+    );
+    assert!(ran.stdout.contains("finding(s): 3 medium"), "{ran:?}");
+
+    // Revoking a certificate closes its live connection and says how many.
+    let watcher = ChildGuard(
+        Command::new("mosquitto_sub")
+            .args(mosquitto_args(port, &cred, "sensor-1-watch"))
+            .args(["-t", "fleet/#", "-W", "120"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (Debian package mosquitto-clients)"),
+    );
+    wait_for_client(&data, "sensor-1-watch", true);
+    let ran = admin_ok(&data, &["revoke", "--cert", &cert_id]);
+    assert!(
+        ran.stdout.contains(&format!(
+            "revoked certificate {cert_id} (device sensor-1); 1 live connection closed"
+        )),
+        "{ran:?}"
+    );
+    wait_for_client(&data, "sensor-1-watch", false);
+    drop(watcher);
+    let refused = publish(port, &cred, "fleet/sensor-1/temp", "after revocation");
+    assert!(
+        !refused.ok(),
+        "a revoked certificate published: {refused:?}"
+    );
+    let ran = admin_ok(&data, &["revoke", "--cert", &cert_id]);
+    assert!(ran.stdout.contains("already revoked"), "{ran:?}");
+    let message = admin_fails(&data, &["revoke", "--cert", "0000"]);
+    assert_eq!(message, "error: certificate not found: 0000");
+
+    // Revoking the intermediate lists the devices under it first, then revokes it.
+    let ran = admin_ok(&data, &["revoke", "--ca", intermediate.to_str().unwrap()]);
+    let listed = ran
+        .stdout
+        .find("device certificates under CA")
+        .unwrap_or_else(|| panic!("nothing listed: {ran:?}"));
+    let revoked = ran
+        .stdout
+        .find("revoked CA ")
+        .unwrap_or_else(|| panic!("not revoked: {ran:?}"));
+    assert!(listed < revoked, "{ran:?}");
+    for device in ["sensor-a", "sensor-b"] {
+        assert!(
+            ran.stdout.contains(&format!("active  {device}\n")),
+            "{ran:?}"
+        );
+    }
+    assert!(
+        ran.stdout
+            .contains("must be re-provisioned: sensor-a, sensor-b"),
+        "{ran:?}"
+    );
+    let cas = json(&admin_ok(&data, &["ca", "list", "--json"]).stdout);
+    let intermediate_id = cas["cas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "revoked")
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no revoked CA in {cas}"));
+    assert!(ran.stdout.contains(&intermediate_id), "{ran:?}");
+
+    // The audit now fails (exit 3) on the revoked CA with active devices under it.
+    let ran = on_hub(&data, &["audit"]);
+    assert_eq!(ran.code, Some(3), "{ran:?}");
+    assert!(ran.stderr.is_empty(), "{ran:?}");
+    assert!(
+        ran.stdout.contains(&format!(
+            "CRITICAL INTERMEDIATE_CA_REVOKED_FOR_ACTIVE_DEVICE_CERTIFICATES_CHECK CA certificate \
+             {intermediate_id} (sensor-a, sensor-b): "
+        )),
+        "{ran:?}"
+    );
+    let ran = on_hub(&data, &["audit", "--json"]);
+    assert_eq!(ran.code, Some(3), "{ran:?}");
+    let report = json(&ran.stdout);
+    let finding = &report["findings"][0];
+    assert_eq!(
+        finding["check"],
+        "INTERMEDIATE_CA_REVOKED_FOR_ACTIVE_DEVICE_CERTIFICATES_CHECK"
+    );
+    assert_eq!(finding["severity"], "CRITICAL");
+    assert_eq!(finding["resource"]["kind"], "ca_certificate");
+    assert_eq!(finding["resource"]["id"], intermediate_id.as_str());
+    assert_eq!(
+        finding["devices"],
+        serde_json::json!(["sensor-a", "sensor-b"])
+    );
+    assert_eq!(
+        finding["affected"].as_array().unwrap().len(),
+        2,
+        "{finding}"
+    );
+    assert_eq!(report["counts"]["critical"], 1, "{report}");
+
+    // Revoking the devices' certificates (one also disabled) clears it: exit 0 again.
+    let ran = admin_ok(&data, &["revoke", "--device", "sensor-a"]);
+    assert!(
+        ran.stdout
+            .contains("revoked 1 certificate(s) of device sensor-a"),
+        "{ran:?}"
+    );
+    let ran = admin_ok(&data, &["revoke", "--device", "sensor-b", "--disable"]);
+    assert!(ran.stdout.contains("disabled device sensor-b"), "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("revoked 1 certificate(s) of device sensor-b"),
+        "{ran:?}"
+    );
+    let device = json(&admin_ok(&data, &["device", "show", "sensor-b", "--json"]).stdout);
+    assert_eq!(device["enabled"], false, "{device}");
+    assert_eq!(device["certificates"][0]["state"], "revoked", "{device}");
+    let ran = on_hub(&data, &["audit"]);
+    assert!(ran.ok(), "{ran:?}");
+
+    // Bad input: exit 1 (or 2 for usage) and a clear message.
+    let message = admin_fails(&data, &["revoke", "--ca", &"ab".repeat(32)]);
+    assert!(message.contains("CA certificate not found"), "{message}");
+    let message = admin_fails(
+        &data,
+        &["revoke", "--ca", data.join("ca.pem").to_str().unwrap()],
+    );
+    assert!(message.contains("the hub's own CA"), "{message}");
+    let message = admin_fails(&data, &["revoke", "--ca", "nonsense"]);
+    assert!(message.contains("neither a CA id"), "{message}");
+    let message = admin_fails(&data, &["revoke", "--device", "nosuch"]);
+    assert_eq!(message, "error: device not found: nosuch");
+    let ran = on_hub(&data, &["revoke", "--cert", "x", "--ca", "y"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    let ran = on_hub(&data, &["revoke"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    let ran = on_hub(&data, &["audit", "--expiring-days", "-1"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    hub.stop();
+}

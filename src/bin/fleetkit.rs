@@ -6,8 +6,13 @@
 //! - `fleetkit device|cert|ca|crl|policy|hub … --data DIR` administer that running hub through
 //!   its admin API: the hub writes the API's address and token to `DIR/admin.json` (0600) and
 //!   its CA to `DIR/ca.pem`, and these commands read them.
+//! - `fleetkit provision|rotate` run on a device: fleet provisioning by claim and certificate
+//!   rotation over MQTT with mutual TLS, the credentials kept in a credential store directory.
+//! - `fleetkit revoke|audit --data DIR` are the fleet side of the lifecycle, through the admin
+//!   API.
 //!
 //! Failures print `error: <message>` on stderr and exit with 1; usage errors exit with 2.
+//! `fleetkit audit` exits with 3 when it finds something Critical or High.
 #![forbid(unsafe_code)]
 
 // The binary's root sits in src/bin/, its modules in src/bin/fleetkit/.
@@ -17,6 +22,8 @@ mod admin;
 mod files;
 #[path = "fleetkit/hub.rs"]
 mod hub;
+#[path = "fleetkit/lifecycle.rs"]
+mod lifecycle;
 #[path = "fleetkit/pki.rs"]
 mod pki;
 
@@ -24,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// A failure to report: the message after `error: `.
 #[derive(Debug)]
@@ -70,6 +77,102 @@ enum Command {
     Crl(Admin<CrlCommand>),
     /// Policies of a running hub.
     Policy(Admin<PolicyCommand>),
+    /// Device side: get an identity by fleet provisioning with a claim certificate, and keep
+    /// it in a credential store.
+    Provision(ProvisionArgs),
+    /// Device side: rotate the certificate in a credential store (finishing or undoing an
+    /// interrupted rotation first).
+    Rotate(RotateArgs),
+    /// Revoke a device certificate, a CA, or a device's certificates on a running hub; live
+    /// connections are closed at once.
+    Revoke(RevokeArgs),
+    /// Audit a running hub's certificates (Device Defender's checks). Exit status 3 when a
+    /// finding is Critical or High, 0 otherwise.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("key").required(true).args(["device_id", "service_key"])))]
+struct ProvisionArgs {
+    /// The hub's MQTT over TLS endpoint (`mqtts://` may lead, as `hub start` prints it).
+    #[arg(long, value_name = "HOST:PORT", value_parser = lifecycle::parse_host_port)]
+    endpoint: lifecycle::HostPort,
+    /// CA certificate(s) the hub's server certificate chains to (PEM).
+    #[arg(long, value_name = "CA.pem")]
+    ca: PathBuf,
+    /// The claim certificate, leaf first (PEM or DER).
+    #[arg(long, value_name = "CERT.pem")]
+    claim_cert: PathBuf,
+    /// The claim certificate's private key (PEM).
+    #[arg(long, value_name = "KEY.pem")]
+    claim_key: PathBuf,
+    /// The provisioning template to register with.
+    #[arg(long, value_name = "NAME")]
+    template: String,
+    /// The device id to ask for: a key is made here and only a CSR is sent.
+    #[arg(long, value_name = "ID")]
+    device_id: Option<String>,
+    /// Let the hub make the key (sent once over TLS) and the template name the device.
+    #[arg(long)]
+    service_key: bool,
+    /// A template parameter (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+    parameters: Vec<(String, String)>,
+    /// The credential store directory (created if missing; keys 0600).
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Replace a credential the store already holds (the active one is kept as previous).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct RotateArgs {
+    /// The hub's MQTT over TLS endpoint (`mqtts://` may lead, as `hub start` prints it).
+    #[arg(long, value_name = "HOST:PORT", value_parser = lifecycle::parse_host_port)]
+    endpoint: lifecycle::HostPort,
+    /// CA certificate(s) the hub's server certificate chains to (PEM).
+    #[arg(long, value_name = "CA.pem")]
+    ca: PathBuf,
+    /// The credential store directory, as `provision` made it.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// The device id to connect as (also the MQTT client id: stop the device's own client
+    /// first, or the two take the connection from each other).
+    #[arg(long, value_name = "ID")]
+    device: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("what").required(true).args(["cert", "ca", "device"])))]
+struct RevokeArgs {
+    #[command(flatten)]
+    hub: HubDir,
+    /// A device certificate id.
+    #[arg(long = "cert", value_name = "CERT_ID")]
+    cert: Option<String>,
+    /// A registered CA: its id, or a file holding its certificate. Lists the device
+    /// certificates under it first.
+    #[arg(long, value_name = "CA_ID_OR_FILE")]
+    ca: Option<String>,
+    /// A device: revokes every certificate it has.
+    #[arg(long, value_name = "ID")]
+    device: Option<String>,
+    /// Also disable the device, refusing any credential it has.
+    #[arg(long, requires = "device", conflicts_with_all = ["cert", "ca"])]
+    disable: bool,
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    #[command(flatten)]
+    hub: HubDir,
+    /// Report device and CA certificates expiring within N days.
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    expiring_days: u32,
+    /// Print JSON (the exit status is the same).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,7 +483,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(Failure(message)) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
@@ -388,8 +491,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> CliResult {
+async fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
+        Command::Audit(AuditArgs {
+            hub,
+            expiring_days,
+            json,
+        }) => lifecycle::audit(&admin::connect(hub)?, expiring_days, json).await,
+        command => run_command(command).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+async fn run_command(command: Command) -> CliResult {
+    match command {
         Command::Pki(PkiCommand::Init { out, org, force }) => {
             pki::init(&out, org.as_deref(), force)
         }
@@ -490,6 +604,32 @@ async fn run(cli: Cli) -> CliResult {
                 PolicyCommand::Show { name } => client.show_policy(&name).await,
             }
         }
+        Command::Provision(a) => {
+            lifecycle::provision(lifecycle::ProvisionOptions {
+                endpoint: a.endpoint,
+                ca: a.ca,
+                claim_cert: a.claim_cert,
+                claim_key: a.claim_key,
+                template: a.template,
+                device_id: a.device_id,
+                parameters: a.parameters,
+                store: a.store,
+                force: a.force,
+            })
+            .await
+        }
+        Command::Rotate(a) => lifecycle::rotate(&a.endpoint, &a.ca, &a.store, &a.device).await,
+        Command::Revoke(a) => {
+            let client = admin::connect(a.hub)?;
+            match (a.cert, a.ca, a.device) {
+                (Some(cert), ..) => lifecycle::revoke_certificate(&client, &cert).await,
+                (_, Some(ca), _) => lifecycle::revoke_ca(&client, &ca).await,
+                (_, _, Some(device)) => lifecycle::revoke_device(&client, &device, a.disable).await,
+                // clap's group makes exactly one of them present.
+                (None, None, None) => unreachable!("clap requires one of --cert, --ca, --device"),
+            }
+        }
+        Command::Audit(_) => unreachable!("run handles audit: it has its own exit status"),
     }
 }
 

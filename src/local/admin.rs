@@ -31,6 +31,7 @@
 //! | `GET /v1/cas`                          |                               | registered CAs                            |
 //! | `POST /v1/cas`                         | `{certificate_pem}`           | registers a CA ACTIVE (`201`)             |
 //! | `PUT /v1/cas/{id}/status`              | `{status}`: `active`, `inactive`, `revoked` | `connections_closed`        |
+//! | `GET /v1/cas/{id}/devices`             |                               | the device certificates that chain to the CA (directly or through registered CAs below it), in every state: what revoking it cuts off |
 //! | `POST /v1/crls`                        | `{crl_pem}`                   | adds a CRL (`201`); `connections_closed`  |
 //! | `GET /v1/policies`                     |                               | policy names, versions and targets        |
 //! | `GET /v1/policies/{name}`              |                               | a policy and its document                 |
@@ -38,9 +39,27 @@
 //! | `POST /v1/policies/{name}/attach`      | one of `{device}`, `{certificate}`, `{group}`, `{scope}` | attaches it |
 //! | `POST /v1/policies/{name}/detach`      | the same                      | detaches it                               |
 //! | `GET /v1/clients`                      |                               | client ids of live MQTT connections       |
+//! | `GET /v1/audit?device_expiry_days=N&ca_expiry_days=N` |                | Device Defender's certificate checks over the fleet (both thresholds optional, default 30) |
 //!
 //! Certificate and CA ids are SHA-256 fingerprints of the DER, lowercase hex (AWS's certificate
 //! id).
+//!
+//! `GET /v1/cas/{id}/devices` answers `{ca: {id, subject, status, hub_ca}, certificates: [{id,
+//! device, state}], devices: [id…], active: N}`: `hub_ca` says whether it is the hub's own CA,
+//! `devices` are the distinct devices, `active` counts the ACTIVE certificates (those a
+//! revocation of the CA leaves to re-provision).
+//!
+//! `GET /v1/audit` answers `{findings: […], counts: {critical, high, medium, low},
+//! device_expiry_days, ca_expiry_days}`, the findings most severe first. Each is a
+//! [`CertificateFinding`] with its fields as:
+//!
+//! - `check`: the AWS check name, e.g. `DEVICE_CERTIFICATE_EXPIRING_CHECK`;
+//! - `severity`: `CRITICAL`, `HIGH`, `MEDIUM` or `LOW`;
+//! - `resource`: `{kind, id}`, `kind` one of `ca_certificate`, `device_certificate`,
+//!   `client_id`;
+//! - `devices`, `reason`, and `reason_code` (AWS's, or `null`);
+//! - `affected`: `[{certificate, device}]`, the ACTIVE device certificates under a revoked CA;
+//! - `summary`: the finding in one line, as its `Display` writes it.
 //!
 //! # Errors
 //!
@@ -61,7 +80,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -85,6 +104,7 @@ use super::hub::LocalHub;
 use super::registry::{CertificateState, DeviceRecord};
 use super::tls::CaStatus;
 use crate::identity::{DeviceId, TlsSigningKey};
+use crate::lifecycle::audit::{AuditConfig, CertificateFinding, Severity};
 use crate::pki::{Certificate, Crl};
 use crate::policy::{AttachTarget, PolicyDocument};
 use crate::{Error, Result};
@@ -348,12 +368,14 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/certificates/{id}/state", put(set_certificate_state))
         .route("/v1/cas", get(list_cas).post(register_ca))
         .route("/v1/cas/{id}/status", put(set_ca_status))
+        .route("/v1/cas/{id}/devices", get(ca_devices))
         .route("/v1/crls", post(add_crl))
         .route("/v1/policies", get(list_policies))
         .route("/v1/policies/{name}", get(get_policy).put(put_policy))
         .route("/v1/policies/{name}/attach", post(attach_policy))
         .route("/v1/policies/{name}/detach", post(detach_policy))
         .route("/v1/clients", get(clients))
+        .route("/v1/audit", get(audit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // After the routes and fallbacks, so it guards them all: an unauthenticated caller
@@ -1040,6 +1062,146 @@ async fn clients(State(s): State<Arc<AppState>>) -> ApiResult {
     )
 }
 
+async fn ca_devices(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
+    let (certificate, status) = s.hub.trust_store().ca(&id).ok_or_else(|| Error::NotFound {
+        what: "CA certificate",
+        id: id.clone(),
+    })?;
+    let ca = json!({
+        "id": id,
+        "subject": certificate.subject(),
+        "status": ca_status_name(status),
+        "hub_ca": certificate.fingerprint_sha256() == s.hub.ca_certificate().fingerprint_sha256(),
+    });
+    // Walks the whole inventory: off the async threads.
+    let under = blocking(&s.hub, move |hub| {
+        let under = hub.devices_under_ca(&certificate);
+        Ok(hub.with_registry(|r| {
+            under
+                .into_iter()
+                .map(|(cert, device)| {
+                    let state = r.certificate(&cert).map(|c| c.state);
+                    (cert, device, state)
+                })
+                .collect::<Vec<_>>()
+        }))
+    })
+    .await?;
+    let mut devices: Vec<&str> = under.iter().map(|(_, d, _)| d.as_str()).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let active = under
+        .iter()
+        .filter(|(_, _, state)| *state == Some(CertificateState::Active))
+        .count();
+    let certificates: Vec<Value> = under
+        .iter()
+        .map(|(cert, device, state)| {
+            json!({
+                "id": cert,
+                "device": device,
+                "state": state.map_or("unknown", state_name),
+            })
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        json!({
+            "ca": ca,
+            "certificates": certificates,
+            "devices": devices,
+            "active": active,
+        }),
+    )
+}
+
+/// Longest expiry threshold `GET /v1/audit` takes, in days (a hundred years).
+const MAX_EXPIRY_DAYS: u64 = 36_500;
+
+/// The audit's thresholds from the query string: `device_expiry_days` and `ca_expiry_days`,
+/// each optional (AWS's 30 days when absent). Anything else in the query is refused, so a typo
+/// does not silently run the audit with the defaults.
+fn audit_config(query: Option<&str>) -> Result<(AuditConfig, u64, u64)> {
+    let mut device_days = 30;
+    let mut ca_days = 30;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let target = match name {
+            "device_expiry_days" => &mut device_days,
+            "ca_expiry_days" => &mut ca_days,
+            _ => {
+                return Err(Error::invalid(
+                    "query",
+                    format!(
+                        "unknown parameter {name:?}; the audit takes device_expiry_days and \
+                         ca_expiry_days"
+                    ),
+                ));
+            }
+        };
+        *target = value
+            .parse::<u64>()
+            .ok()
+            .filter(|d| *d <= MAX_EXPIRY_DAYS)
+            .ok_or_else(|| {
+                Error::invalid(
+                    name,
+                    format!("{value:?} is not a number of days from 0 to {MAX_EXPIRY_DAYS}"),
+                )
+            })?;
+    }
+    let day = Duration::from_secs(86_400);
+    let config = AuditConfig::default()
+        .with_device_expiry_threshold(day * device_days as u32)
+        .with_ca_expiry_threshold(day * ca_days as u32);
+    Ok((config, device_days, ca_days))
+}
+
+/// A finding as JSON: every field of [`CertificateFinding`], and its one-line `Display`.
+fn finding_json(f: &CertificateFinding) -> Value {
+    let affected: Vec<Value> = f
+        .affected
+        .iter()
+        .map(|(certificate, device)| json!({ "certificate": certificate, "device": device }))
+        .collect();
+    json!({
+        "check": f.check.api_name(),
+        "severity": f.severity.name(),
+        "resource": {
+            // "CA certificate" → "ca_certificate": a stable key for scripts.
+            "kind": f.resource.kind().to_ascii_lowercase().replace(' ', "_"),
+            "id": f.resource.id(),
+        },
+        "devices": f.devices,
+        "reason": f.reason,
+        "reason_code": f.reason_code,
+        "affected": affected,
+        "summary": f.to_string(),
+    })
+}
+
+async fn audit(State(s): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult {
+    let (config, device_days, ca_days) = audit_config(query.as_deref())?;
+    let findings = blocking(&s.hub, move |hub| Ok(hub.audit(&config))).await?;
+    let count = |severity: Severity| findings.iter().filter(|f| f.severity == severity).count();
+    let counts = json!({
+        "critical": count(Severity::Critical),
+        "high": count(Severity::High),
+        "medium": count(Severity::Medium),
+        "low": count(Severity::Low),
+    });
+    let list: Vec<Value> = findings.iter().map(finding_json).collect();
+    ok(
+        StatusCode::OK,
+        json!({
+            "findings": list,
+            "counts": counts,
+            "device_expiry_days": device_days,
+            "ca_expiry_days": ca_days,
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     //! The API over a real TLS socket, with a hand-written HTTP/1.1 client so that nothing
@@ -1388,6 +1550,112 @@ mod tests {
             (422, Some("unauthenticated"))
         );
         assert_eq!(api.hub.trust_store().crls().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ca_devices_and_the_audit() {
+        let api = Api::start().await;
+        let root =
+            crate::pki::CertificateAuthority::new_root(&crate::pki::CaOptions::new("Plant A"))
+                .unwrap();
+        api.hub.register_ca(root.certificate()).unwrap();
+        let ca_id = root.certificate().fingerprint_sha256();
+        let mut ids = Vec::new();
+        for device in ["pump-2", "pump-1"] {
+            api.hub.create_device(DeviceRecord::new(device)).unwrap();
+            let key = SoftwareKey::generate_p256().unwrap();
+            let cert = root
+                .issue(
+                    &DeviceId::new(device).unwrap(),
+                    key.public_key_spki(),
+                    &crate::pki::DeviceCertOptions::default(),
+                )
+                .unwrap();
+            ids.push(api.hub.register_certificate(cert, device).unwrap());
+        }
+        api.hub
+            .set_certificate_state(&ids[0], CertificateState::Inactive)
+            .unwrap();
+
+        let (status, body) = api.call("GET", "/v1/cas/0000/devices", None).await;
+        assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+        let (status, body) = api
+            .call("GET", &format!("/v1/cas/{ca_id}/devices"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["ca"]["status"], "active");
+        assert_eq!(body["ca"]["hub_ca"], false);
+        assert_eq!(body["devices"], json!(["pump-1", "pump-2"]));
+        assert_eq!(body["active"], 1);
+        assert_eq!(body["certificates"].as_array().unwrap().len(), 2);
+        let inactive = body["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == ids[0].as_str())
+            .unwrap();
+        assert_eq!(inactive["state"], "inactive");
+
+        // A clean fleet, then a revoked CA with an active device certificate below it.
+        let (status, body) = api.call("GET", "/v1/audit", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["findings"], json!([]));
+        assert_eq!(body["device_expiry_days"], 30);
+        api.hub
+            .set_ca_status(root.certificate(), CaStatus::Revoked)
+            .unwrap();
+        let (status, body) = api
+            .call(
+                "GET",
+                "/v1/audit?device_expiry_days=400&ca_expiry_days=0",
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["counts"]["critical"], 1, "{body}");
+        let critical = &body["findings"][0];
+        assert_eq!(
+            critical["check"],
+            "INTERMEDIATE_CA_REVOKED_FOR_ACTIVE_DEVICE_CERTIFICATES_CHECK"
+        );
+        assert_eq!(critical["severity"], "CRITICAL");
+        assert_eq!(critical["resource"]["kind"], "ca_certificate");
+        assert_eq!(critical["resource"]["id"], ca_id.as_str());
+        assert_eq!(critical["devices"], json!(["pump-1"]));
+        assert_eq!(
+            critical["affected"],
+            json!([{"certificate": ids[1], "device": "pump-1"}])
+        );
+        assert!(
+            critical["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("CRITICAL INTERMEDIATE_CA_REVOKED"),
+            "{critical}"
+        );
+        // 400 days: every active certificate (365 days) is expiring.
+        assert!(
+            body["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["check"] == "DEVICE_CERTIFICATE_EXPIRING_CHECK"
+                    && f["reason_code"] == "CERTIFICATE_APPROACHING_EXPIRATION"),
+            "{body}"
+        );
+
+        for (query, field) in [
+            ("device_expiry_days=-1", "device_expiry_days"),
+            ("ca_expiry_days=36501", "ca_expiry_days"),
+            ("expiry=3", "query"),
+        ] {
+            let (status, body) = api.call("GET", &format!("/v1/audit?{query}"), None).await;
+            assert_eq!(
+                (status, body["field"].as_str()),
+                (400, Some(field)),
+                "{body}"
+            );
+        }
     }
 
     #[tokio::test]

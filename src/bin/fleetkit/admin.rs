@@ -174,7 +174,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Reads a certificate or CRL file as PEM text; DER files are converted.
-fn pem_file(
+pub(crate) fn pem_file(
     path: &Path,
     der_to_pem: impl Fn(&[u8]) -> fleetkit::Result<String>,
 ) -> CliResult<String> {
@@ -193,18 +193,18 @@ fn pem_file(
     }
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+pub(crate) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-fn count(v: &Value, key: &str) -> u64 {
+pub(crate) fn count(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
@@ -243,12 +243,25 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 
 impl Client {
     async fn call(&self, method: Method, path: &[&str], body: Body) -> CliResult<Value> {
+        self.call_with_query(method, path, &[], body).await
+    }
+
+    async fn call_with_query(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, String)],
+        body: Body,
+    ) -> CliResult<Value> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|_| Failure::new(format!("bad admin url {}", self.base)))?
             .clear()
             .push("v1")
             .extend(path);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let mut request = self
             .http
             .request(method, url)
@@ -704,6 +717,71 @@ impl Client {
             .await?;
         print_json(p.get("document").unwrap_or(&Value::Null));
         Ok(())
+    }
+}
+
+// Calls for the lifecycle commands (src/bin/fleetkit/lifecycle.rs): they return the hub's
+// answer and leave the printing to the command.
+impl Client {
+    /// `GET /v1/certificates/{id}`.
+    pub(crate) async fn certificate(&self, id: &str) -> CliResult<Value> {
+        self.call(Method::GET, &["certificates", id], Body::None)
+            .await
+    }
+
+    /// `PUT /v1/certificates/{id}/state`; the answer holds `connections_closed`.
+    pub(crate) async fn put_certificate_state(&self, id: &str, state: &str) -> CliResult<Value> {
+        self.call(
+            Method::PUT,
+            &["certificates", id, "state"],
+            Body::Json(json!({ "state": state })),
+        )
+        .await
+    }
+
+    /// `GET /v1/devices/{id}`: the device with its certificates.
+    pub(crate) async fn device(&self, id: &str) -> CliResult<Value> {
+        self.call(Method::GET, &["devices", id], Body::None).await
+    }
+
+    /// `POST /v1/devices/{id}/disable`; the answer holds `connections_closed`.
+    pub(crate) async fn disable_device(&self, id: &str) -> CliResult<Value> {
+        self.call(Method::POST, &["devices", id, "disable"], Body::None)
+            .await
+    }
+
+    /// `GET /v1/cas/{id}/devices`: the device certificates under a registered CA.
+    pub(crate) async fn ca_devices(&self, id: &str) -> CliResult<Value> {
+        self.call(Method::GET, &["cas", id, "devices"], Body::None)
+            .await
+    }
+
+    /// `PUT /v1/cas/{id}/status`; the answer holds `connections_closed`.
+    pub(crate) async fn put_ca_status(&self, id: &str, status: &str) -> CliResult<Value> {
+        self.call(
+            Method::PUT,
+            &["cas", id, "status"],
+            Body::Json(json!({ "status": status })),
+        )
+        .await
+    }
+
+    /// `GET /v1/audit` with both expiry thresholds.
+    pub(crate) async fn audit(
+        &self,
+        device_expiry_days: u32,
+        ca_expiry_days: u32,
+    ) -> CliResult<Value> {
+        self.call_with_query(
+            Method::GET,
+            &["audit"],
+            &[
+                ("device_expiry_days", device_expiry_days.to_string()),
+                ("ca_expiry_days", ca_expiry_days.to_string()),
+            ],
+            Body::None,
+        )
+        .await
     }
 }
 
