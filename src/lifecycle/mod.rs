@@ -6,10 +6,19 @@
 //!   an allocation rule.
 //! - [`rotation`] (feature `device`): crash-safe certificate rotation on a running client, and
 //!   [`recover`](rotation::recover) after a crash.
+//! - [`agent`] (feature `device`): the device side of a rotation campaign — a
+//!   [`RotationAgent`](agent::RotationAgent) that acts on `rotate` commands and reports in the
+//!   twin.
+//! - [`campaign`] (feature `device`; the local hub implements its backend with `local`):
+//!   rotation campaigns — selection, canary and waves, failure threshold, resumable state file.
 //! - [`audit`]: Device Defender's certificate checks over a fleet inventory (the local hub
 //!   builds one with `LocalHub::inventory`).
 
+#[cfg(feature = "device")]
+pub mod agent;
 pub mod audit;
+#[cfg(feature = "device")]
+pub mod campaign;
 pub mod enrollment;
 #[cfg(feature = "device")]
 pub mod provision;
