@@ -13,13 +13,21 @@
 //!   this process (what `benches/pki.rs` measures as "CSR parse+verify+issue", plus keygen and
 //!   CSR building).
 //!
+//! - **rotation campaign**: `LIFECYCLE_BENCH_CAMPAIGN_DEVICES` devices (default 100), each a
+//!   `DeviceClient` over mTLS with its own `CredentialStore` (on disk, in a temporary
+//!   directory) and a `RotationAgent`; one campaign (waves of 16, 16 at a time) rotates them
+//!   all: command → key → CSR → certificate → stage → switch → confirm → commit → twin report.
+//!   Reported in devices per second beside raw issuance (run once, after the rounds).
+//!
 //! Rounds alternate (`LIFECYCLE_BENCH_ROUNDS`, default 3); medians are reported.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetkit::device::Endpoint;
-use fleetkit::identity::{DeviceId, SoftwareKey};
+use fleetkit::device::{DeviceClient, Endpoint, NativeDialect};
+use fleetkit::identity::{CredentialStore, Credentials, DeviceId, SoftwareKey};
+use fleetkit::lifecycle::agent::RotationAgent;
+use fleetkit::lifecycle::campaign::{Campaign, CampaignBackend, CampaignPlan, Selector};
 use fleetkit::lifecycle::provision::{ClaimProvisioner, ProvisionRequest, Provisioner};
 use fleetkit::local::dialect::{NativeHubDialect, ProvisioningTemplate};
 use fleetkit::local::{DeviceRecord, LocalHub};
@@ -117,6 +125,65 @@ fn raw_issuance(ca: &CertificateAuthority, devices: usize) -> f64 {
     devices as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Rotates `devices` devices in one campaign; returns devices per second (campaign run only,
+/// set-up excluded).
+async fn campaign(devices: usize) -> f64 {
+    let hub = Arc::new(LocalHub::builder().start().await.expect("hub"));
+    hub.put_policy("device", &builtin::native_device())
+        .expect("policy");
+    hub.attach_policy("device", AttachTarget::Group("fleet".into()))
+        .expect("attach");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fleet = Vec::new();
+    for i in 0..devices {
+        let name = format!("dev-{i:04}");
+        hub.create_device(DeviceRecord::new(&name).in_group("fleet"))
+            .expect("device");
+        let credential = hub.issue_device_credential(&name).expect("credential");
+        let store = Arc::new(CredentialStore::open(dir.path().join(&name)).expect("store"));
+        store
+            .stage(&Credentials::X509(credential.clone()))
+            .expect("stage");
+        store.commit().expect("commit");
+        let client = Arc::new(
+            DeviceClient::builder(
+                NativeDialect::new("localhost", hub.mqtt_addr().port(), hub.ca_certificate()),
+                DeviceId::new(&name).expect("id"),
+            )
+            .credential(credential)
+            .connect_timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connect"),
+        );
+        let agent = RotationAgent::new(client.clone(), store);
+        let commands = client.commands().expect("commands");
+        tokio::spawn(async move { agent.run(commands).await });
+        fleet.push(client);
+    }
+    let plan = CampaignPlan::new(
+        "bench",
+        Selector::all().in_group("fleet"),
+        dir.path().join("c.json"),
+    )
+    .with_canary(8)
+    .with_wave_size(16)
+    .with_max_concurrency(16)
+    .with_failure_threshold(0.05, 20)
+    .with_per_device_timeout(Duration::from_secs(30))
+    .with_poll_interval(Duration::from_millis(10));
+    let backend: Arc<dyn CampaignBackend> = hub.clone();
+    let mut campaign = Campaign::create(backend, plan).await.expect("campaign");
+    let start = Instant::now();
+    let report = campaign.run().await.expect("run");
+    let rate = devices as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(report.counts.succeeded, devices, "{:?}", report.counts);
+    for client in fleet {
+        client.shutdown(Duration::ZERO).await;
+    }
+    rate
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selecting nothing else is ignored.
     let devices = env("LIFECYCLE_BENCH_DEVICES", 1000);
@@ -143,4 +210,13 @@ fn main() {
         "median: claim flow {f:.0} devices/s, raw issuance {r:.0} devices/s → flow/raw = {:.2}",
         f / r
     );
+    let campaign_devices = env("LIFECYCLE_BENCH_CAMPAIGN_DEVICES", 100);
+    if campaign_devices > 0 {
+        let c = runtime.block_on(campaign(campaign_devices));
+        let r = raw_issuance(&ca, campaign_devices.max(200));
+        println!(
+            "rotation campaign: {campaign_devices} devices at {c:.1} devices/s; raw issuance now {r:.0} devices/s → campaign/raw = {:.3}",
+            c / r
+        );
+    }
 }

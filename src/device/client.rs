@@ -133,15 +133,32 @@ struct TwinWaiter {
     answer: oneshot::Sender<(u16, Bytes)>,
 }
 
+/// Senders waiting for queued messages, in id order (ids only grow).
+#[derive(Default)]
+struct Waiters(VecDeque<(MessageId, oneshot::Sender<Result<()>>)>);
+
+impl Waiters {
+    fn insert(&mut self, id: MessageId, tx: oneshot::Sender<Result<()>>) {
+        self.0.push_back((id, tx));
+    }
+    fn remove(&mut self, id: &MessageId) -> Option<oneshot::Sender<Result<()>>> {
+        let i = self.0.binary_search_by_key(id, |(k, _)| *k).ok()?;
+        self.0.remove(i).map(|(_, tx)| tx)
+    }
+    fn drain(&mut self) -> impl Iterator<Item = (MessageId, oneshot::Sender<Result<()>>)> + '_ {
+        self.0.drain(..)
+    }
+}
+
 /// The state the driver task and the API share.
 struct Inner {
     queue: OfflineQueue,
     /// Publishes handed to rumqttc, in order, awaiting their `Outgoing::Publish` event.
     handed: VecDeque<Handed>,
     /// QoS 1 messages written, by packet id, awaiting PUBACK.
-    pkids: HashMap<u16, MessageId>,
+    pkids: VecDeque<(u16, MessageId)>,
     /// Senders waiting for a queued message's fate.
-    waiters: HashMap<MessageId, oneshot::Sender<Result<()>>>,
+    waiters: Waiters,
     twin_waiters: HashMap<String, TwinWaiter>,
     connected: bool,
     closed: bool,
@@ -149,6 +166,9 @@ struct Inner {
 
 struct Shared {
     dialect: Arc<dyn Dialect>,
+    capabilities: super::Capabilities,
+    limits: super::dialect::DeviceLimits,
+    plain_topic: Option<String>,
     device: DeviceId,
     mqtt: AsyncClient,
     inner: Mutex<Inner>,
@@ -308,15 +328,21 @@ impl DeviceClientBuilder {
         let mut prefix = [0u8; 6];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix)
             .map_err(|_| Error::Crypto("no randomness for request ids".into()))?;
+        let capabilities = self.dialect.capabilities();
+        let limits = self.dialect.limits();
+        let plain_topic = self.dialect.telemetry_topic(&self.device, &[]).ok();
         let shared = Arc::new(Shared {
+            capabilities,
+            limits,
+            plain_topic,
             dialect: self.dialect,
             device: self.device,
             mqtt,
             inner: Mutex::new(Inner {
                 queue,
                 handed: VecDeque::new(),
-                pkids: HashMap::new(),
-                waiters: HashMap::new(),
+                pkids: VecDeque::new(),
+                waiters: Waiters::default(),
                 twin_waiters: HashMap::new(),
                 connected: false,
                 closed: false,
@@ -558,7 +584,7 @@ impl Shared {
         let mut inner = self.inner.lock().expect("client lock");
         match inner.handed.pop_front() {
             Some(Handed::Queued(id, 1)) => {
-                inner.pkids.insert(pkid, id);
+                inner.pkids.push_back((pkid, id));
             }
             Some(Handed::Queued(id, _)) => {
                 inner.queue.acked(id);
@@ -576,7 +602,8 @@ impl Shared {
 
     fn on_puback(&self, pkid: u16) {
         let mut inner = self.inner.lock().expect("client lock");
-        if let Some(id) = inner.pkids.remove(&pkid) {
+        let found = inner.pkids.iter().position(|(p, _)| *p == pkid);
+        if let Some(id) = found.and_then(|i| inner.pkids.remove(i)).map(|(_, id)| id) {
             inner.queue.acked(id);
             if let Some(w) = inner.waiters.remove(&id) {
                 let _ = w.send(Ok(()));
@@ -759,10 +786,7 @@ async fn drive(
                 .mqtt_options
                 .set_credentials(user, password.expose().to_string());
         }
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = shared.shutdown.notified() => break,
-        };
+        let event = eventloop.poll().await;
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 attempt = 0;
@@ -978,8 +1002,7 @@ impl DeviceClient {
 
     fn require(&self, feature: Feature) -> Result<()> {
         self.shared
-            .dialect
-            .capabilities()
+            .capabilities
             .require(feature, self.shared.dialect.name())
     }
 
@@ -1002,7 +1025,7 @@ impl DeviceClient {
     /// [`Overflow::DropNewest`] ([`Error::Unavailable`]), a shut-down client.
     pub fn queue_telemetry(&self, telemetry: Telemetry) -> Result<Receipt> {
         self.require(Feature::Telemetry)?;
-        let limits = self.shared.dialect.limits();
+        let limits = &self.shared.limits;
         match telemetry.qos {
             0 => {}
             1 => self.require(Feature::AtLeastOnce)?,
@@ -1048,10 +1071,13 @@ impl DeviceClient {
                 ),
             ));
         }
-        let topic = self
-            .shared
-            .dialect
-            .telemetry_topic(&self.shared.device, &telemetry.properties)?;
+        let topic = match (&self.shared.plain_topic, telemetry.properties.is_empty()) {
+            (Some(t), true) => t.clone(),
+            _ => self
+                .shared
+                .dialect
+                .telemetry_topic(&self.shared.device, &telemetry.properties)?,
+        };
         if topic.len() > limits.max_topic_len {
             return Err(Error::invalid(
                 "properties",
@@ -1231,12 +1257,15 @@ impl DeviceClient {
         };
         let _ = self.shared.mqtt.try_disconnect();
         let driver = self.driver.lock().expect("driver lock").take();
-        if let Some(driver) = driver
-            && tokio::time::timeout(Duration::from_secs(2), driver)
+        if let Some(driver) = driver {
+            let abort = driver.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), driver)
                 .await
                 .is_err()
-        {
-            self.shared.shutdown.notify_waiters();
+            {
+                self.shared.shutdown.notify_waiters();
+                abort.abort();
+            }
         }
         let mut inner = self.shared.inner.lock().expect("client lock");
         inner.closed = true;
