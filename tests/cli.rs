@@ -1503,3 +1503,350 @@ fn revoke_and_audit_a_hub_started_from_the_shell() {
     assert_eq!(ran.code, Some(2), "{ran:?}");
     hub.stop();
 }
+
+/// The value of the report row `label` (`  succeeded   5`) of a campaign's output.
+fn report_count(ran: &Ran, label: &str) -> usize {
+    ran.stdout
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix(label)?;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {label:?} row in {ran:?}"))
+}
+
+/// The ACTIVE certificate ids of `device`, as the hub lists them.
+fn active_certificates(data: &Path, device: &str) -> Vec<String> {
+    let d = json(&admin_ok(data, &["device", "show", device, "--json"]).stdout);
+    d["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "active")
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// One device of a campaign's fleet, run in the test process against a `hub start` process:
+/// its client and credential store (its agent runs on the test's runtime once started).
+struct FleetDevice {
+    client: Arc<fleetkit::device::DeviceClient>,
+    store: Arc<CredentialStore>,
+}
+
+impl FleetDevice {
+    /// Loads the credential `device issue-credential` wrote into `cred` into a new store and
+    /// connects with it to the hub on `port`, trusting `ca`.
+    async fn connect(
+        device: &str,
+        cred: &Path,
+        store: &Path,
+        port: u16,
+        ca: &fleetkit::pki::Certificate,
+    ) -> FleetDevice {
+        use fleetkit::device::{DeviceClient, NativeDialect};
+        use fleetkit::identity::X509Credential;
+        let key = SoftwareKey::from_pem(&std::fs::read_to_string(cred.join("device.key")).unwrap())
+            .unwrap();
+        let chain = std::fs::read_to_string(cred.join("device-chain.pem")).unwrap();
+        let credential = X509Credential::from_pem(&chain, Arc::new(key)).unwrap();
+        let opened = CredentialStore::open(store).unwrap();
+        opened
+            .stage(&Credentials::X509(credential.clone()))
+            .unwrap();
+        opened.commit().unwrap();
+        let client = DeviceClient::builder(
+            NativeDialect::new("localhost", port, ca),
+            DeviceId::new(device).unwrap(),
+        )
+        .credential(credential)
+        .backoff(
+            fleetkit::protocol::BackoffConfig::new()
+                .with_base(Duration::from_millis(20))
+                .with_cap(Duration::from_millis(200)),
+        )
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{device}: {e}"));
+        FleetDevice {
+            client: Arc::new(client),
+            store: Arc::new(opened),
+        }
+    }
+
+    /// Starts its rotation agent on the current runtime.
+    fn start_agent(&self) {
+        let agent =
+            fleetkit::lifecycle::agent::RotationAgent::new(self.client.clone(), self.store.clone());
+        let commands = self.client.commands().unwrap();
+        tokio::spawn(async move { agent.run(commands).await });
+    }
+}
+
+#[test]
+fn a_rotation_campaign_from_the_shell_times_out_a_silent_device_then_resumes() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("hub");
+    let hub = Hub::start(&data);
+    let data_s = data.to_str().unwrap();
+    let ca_file = data.join("ca.pem");
+
+    // The fleet: six devices in group `fleet` with credentials from the hub, one in `lab`
+    // that the selection leaves out; the native device policy on both groups.
+    let policy = dir.path().join("device-policy.json");
+    std::fs::write(&policy, builtin::native_device().to_json()).unwrap();
+    admin_ok(
+        &data,
+        &["policy", "put", "device", policy.to_str().unwrap()],
+    );
+    for group in ["fleet", "lab"] {
+        admin_ok(&data, &["policy", "attach", "device", "--group", group]);
+    }
+    let fleet: Vec<String> = (1..=6).map(|i| format!("cam-{i}")).collect();
+    let mut original = std::collections::HashMap::new();
+    for (device, group) in fleet
+        .iter()
+        .map(|d| (d.as_str(), "fleet"))
+        .chain([("lab-1", "lab")])
+    {
+        admin_ok(&data, &["device", "create", device, "--group", group]);
+        let cred = dir.path().join("cred").join(device);
+        let ran = admin_ok(
+            &data,
+            &[
+                "device",
+                "issue-credential",
+                device,
+                "--out",
+                cred.to_str().unwrap(),
+            ],
+        );
+        original.insert(device.to_string(), field(&ran, "certificate id"));
+    }
+
+    // Each device a client in this process with its store; agents on all but cam-6, which is
+    // connected (so the command reaches it) but never answers.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca =
+        fleetkit::pki::Certificate::from_pem(&std::fs::read_to_string(&ca_file).unwrap()).unwrap();
+    let devices: Vec<FleetDevice> = runtime.block_on(async {
+        let mut out = Vec::new();
+        for device in &fleet {
+            let d = FleetDevice::connect(
+                device,
+                &dir.path().join("cred").join(device),
+                &dir.path().join("store").join(device),
+                hub.mqtt_port,
+                &ca,
+            )
+            .await;
+            if device != "cam-6" {
+                d.start_agent();
+            }
+            out.push(d);
+        }
+        out
+    });
+    let store_id = |i: usize| match devices[i].store.load().unwrap() {
+        Credentials::X509(c) => c.leaf().fingerprint_sha256(),
+        other => panic!("not X.509: {other:?}"),
+    };
+
+    // Run 1: five rotate, cam-6 times out. Not aborted (1 of 6 is under 0.5), but incomplete:
+    // exit 1 with the report on stdout, one line per device (stdout is not a terminal here).
+    let state = dir.path().join("c1.json");
+    let state_s = state.to_str().unwrap();
+    let ca_s = ca_file.to_str().unwrap();
+    let campaign = [
+        "rotate",
+        "--campaign",
+        "c1",
+        "--data",
+        data_s,
+        "--state",
+        state_s,
+    ];
+    let run1 = Instant::now();
+    let ran = fleetkit(
+        &[
+            &campaign[..],
+            &[
+                "--timeout-secs",
+                "3",
+                "--max-failure-ratio",
+                "0.5",
+                "--min-sample",
+                "2",
+                "--expiring-days",
+                "400",
+                "--group",
+                "fleet",
+                "--issuer-ca",
+                ca_s,
+                "--canary",
+                "1",
+                "--wave-size",
+                "2",
+                "--max-concurrency",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    eprintln!("run 1 took {:.1?}", run1.elapsed());
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(
+        ran.stdout.starts_with("campaign c1: 6 device(s) selected"),
+        "{ran:?}"
+    );
+    assert_eq!(report_count(&ran, "succeeded"), 5, "{ran:?}");
+    assert_eq!(report_count(&ran, "timed out"), 1, "{ran:?}");
+    assert_eq!(report_count(&ran, "failed"), 0, "{ran:?}");
+    assert!(ran.stdout.contains("\nnot aborted\n"), "{ran:?}");
+    for device in &fleet[..5] {
+        assert!(
+            ran.stdout.contains(&format!("] {device}: succeeded\n")),
+            "{device}: {ran:?}"
+        );
+    }
+    assert!(
+        ran.stdout
+            .contains("[6/6] cam-6: timed out after 3s: the device never answered"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout
+            .contains("failed or timed out:\n  cam-6  timed out after 3s"),
+        "{ran:?}"
+    );
+    assert!(!ran.stdout.contains("lab-1"), "{ran:?}");
+    assert!(
+        ran.stderr
+            .starts_with("error: campaign c1 is incomplete: 1 of 6 device(s) failed or timed out"),
+        "{ran:?}"
+    );
+    let admin_file = std::fs::read_to_string(data.join("admin.json")).unwrap();
+    let token = json(&admin_file)["token"].as_str().unwrap().to_string();
+    assert!(!ran.stdout.contains(&token) && !ran.stderr.contains(&token));
+    assert_eq!(mode(&state), 0o600);
+    let saved = json(&std::fs::read_to_string(&state).unwrap());
+    assert_eq!(saved["devices"].as_array().unwrap().len(), 6, "{saved}");
+
+    // The five rotated for real: a new certificate in the store, the only active one at the
+    // hub; cam-6 still has its first.
+    let mut rotated = std::collections::HashMap::new();
+    for (i, device) in fleet.iter().enumerate() {
+        let active = active_certificates(&data, device);
+        if device == "cam-6" {
+            assert_eq!(active, [original[device].clone()]);
+            continue;
+        }
+        assert_eq!(active.len(), 1, "{device}: {active:?}");
+        assert_ne!(active[0], original[device], "{device}");
+        assert_eq!(store_id(i), active[0], "{device}");
+        rotated.insert(device.clone(), active[0].clone());
+    }
+
+    // Started again without --resume: refused, the state untouched.
+    let before = std::fs::read(&state).unwrap();
+    let message = fails(&campaign);
+    assert!(message.contains("--resume"), "{message}");
+    assert_eq!(std::fs::read(&state).unwrap(), before);
+    // The plan is the file's: options of a new campaign are a usage error with --resume, and
+    // another campaign id is refused.
+    let ran = fleetkit(&[&campaign[..], &["--resume", "--group", "lab"]].concat());
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    let message = fails(&[
+        "rotate",
+        "--campaign",
+        "c9",
+        "--data",
+        data_s,
+        "--state",
+        state_s,
+        "--resume",
+    ]);
+    assert!(message.contains("holds campaign \"c1\""), "{message}");
+
+    // cam-6's agent starts; the resumed campaign asks only cam-6, and completes: exit 0.
+    runtime.block_on(async { devices[5].start_agent() });
+    let ran = fleetkit(&[&campaign[..], &["--resume"]].concat());
+    assert!(ran.ok(), "{ran:?}");
+    assert!(
+        ran.stdout
+            .starts_with("campaign c1: resuming (run 2), 1 of 6 device(s) left"),
+        "{ran:?}"
+    );
+    assert!(ran.stdout.contains("[1/1] cam-6: succeeded\n"), "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("campaign c1 (run 2): 6 of 6 device(s) rotated"),
+        "{ran:?}"
+    );
+    assert_eq!(report_count(&ran, "succeeded"), 6, "{ran:?}");
+    assert_eq!(report_count(&ran, "timed out"), 0, "{ran:?}");
+    assert!(ran.stderr.is_empty(), "{ran:?}");
+    // The other five were not rotated again; cam-6 was, once.
+    for (i, device) in fleet.iter().enumerate() {
+        let active = active_certificates(&data, device);
+        assert_eq!(active.len(), 1, "{device}: {active:?}");
+        assert_eq!(store_id(i), active[0], "{device}");
+        match rotated.get(device) {
+            Some(id) => assert_eq!(&active[0], id, "{device} was rotated again"),
+            None => assert_ne!(active[0], original[device], "{device}"),
+        }
+    }
+    let d6 = json(&admin_ok(&data, &["device", "show", "cam-6", "--json"]).stdout);
+    assert_eq!(d6["certificates"].as_array().unwrap().len(), 2, "{d6}");
+    // Resumed once more, a complete campaign has nothing left to do.
+    let ran = fleetkit(&[&campaign[..], &["--resume"]].concat());
+    assert!(ran.ok(), "{ran:?}");
+    assert!(ran.stdout.contains("0 of 6 device(s) left"), "{ran:?}");
+
+    // A canary that fails aborts the campaign: exit 4. lab-1 is not connected, so its
+    // command reaches nobody (the hub's 503).
+    let state2 = dir.path().join("c2.json");
+    let ran = fleetkit(&[
+        "rotate",
+        "--campaign",
+        "c2",
+        "--data",
+        data_s,
+        "--state",
+        state2.to_str().unwrap(),
+        "--group",
+        "lab",
+        "--canary",
+        "1",
+        "--timeout-secs",
+        "2",
+    ]);
+    assert_eq!(ran.code, Some(4), "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("\naborted in the canary: the canary failed: 1 of 1"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout.contains(
+            "  lab-1  failed: the request did not reach the device: unavailable: no session of \
+             device lab-1 subscribes to its commands"
+        ),
+        "{ran:?}"
+    );
+    assert_eq!(mode(&state2), 0o600);
+
+    runtime.block_on(async {
+        for d in &devices {
+            d.client.shutdown(Duration::from_millis(200)).await;
+        }
+    });
+    drop(devices);
+    hub.stop();
+    eprintln!("campaign test took {:.1?}", started.elapsed());
+}

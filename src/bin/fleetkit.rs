@@ -9,15 +9,20 @@
 //! - `fleetkit provision|rotate` run on a device: fleet provisioning by claim and certificate
 //!   rotation over MQTT with mutual TLS, the credentials kept in a credential store directory.
 //! - `fleetkit revoke|audit --data DIR` are the fleet side of the lifecycle, through the admin
-//!   API.
+//!   API, and so is `fleetkit rotate --campaign ID --data DIR --state FILE`: a rotation
+//!   campaign over the hub's devices, each rotating itself with its rotation agent.
 //!
 //! Failures print `error: <message>` on stderr and exit with 1; usage errors exit with 2.
-//! `fleetkit audit` exits with 3 when it finds something Critical or High.
+//! `fleetkit audit` exits with 3 when it finds something Critical or High; `fleetkit rotate
+//! --campaign` exits with 4 when the campaign aborted on its failure threshold (and with 1 when
+//! it finished with devices failed or timed out).
 #![forbid(unsafe_code)]
 
 // The binary's root sits in src/bin/, its modules in src/bin/fleetkit/.
 #[path = "fleetkit/admin.rs"]
 mod admin;
+#[path = "fleetkit/campaign.rs"]
+mod campaign;
 #[path = "fleetkit/files.rs"]
 mod files;
 #[path = "fleetkit/hub.rs"]
@@ -40,6 +45,11 @@ pub(crate) struct Failure(String);
 impl Failure {
     pub(crate) fn new(message: impl Into<String>) -> Self {
         Failure(message.into())
+    }
+
+    /// The message, for wrapping in another.
+    pub(crate) fn into_message(self) -> String {
+        self.0
     }
 }
 
@@ -81,7 +91,13 @@ enum Command {
     /// it in a credential store.
     Provision(ProvisionArgs),
     /// Device side: rotate the certificate in a credential store (finishing or undoing an
-    /// interrupted rotation first).
+    /// interrupted rotation first). Fleet side, with --campaign: rotate many devices of a
+    /// running hub, canary first, then in waves.
+    ///
+    /// With --campaign, each selected device is sent a `rotate` command and answers in its
+    /// twin (its rotation agent must run). Exit status: 0 when every selected device rotated;
+    /// 4 when the campaign aborted on its failure threshold; 1 when devices failed or timed
+    /// out without an abort, or on any other error. --resume continues from --state.
     Rotate(RotateArgs),
     /// Revoke a device certificate, a CA, or a device's certificates on a running hub; live
     /// connections are closed at once.
@@ -129,18 +145,141 @@ struct ProvisionArgs {
 #[derive(Args, Debug)]
 struct RotateArgs {
     /// The hub's MQTT over TLS endpoint (`mqtts://` may lead, as `hub start` prints it).
-    #[arg(long, value_name = "HOST:PORT", value_parser = lifecycle::parse_host_port)]
-    endpoint: lifecycle::HostPort,
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_parser = lifecycle::parse_host_port,
+        required_unless_present = "campaign",
+        conflicts_with = "campaign"
+    )]
+    endpoint: Option<lifecycle::HostPort>,
     /// CA certificate(s) the hub's server certificate chains to (PEM).
-    #[arg(long, value_name = "CA.pem")]
-    ca: PathBuf,
+    #[arg(
+        long,
+        value_name = "CA.pem",
+        required_unless_present = "campaign",
+        conflicts_with = "campaign"
+    )]
+    ca: Option<PathBuf>,
     /// The credential store directory, as `provision` made it.
-    #[arg(long, value_name = "DIR")]
-    store: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "campaign",
+        conflicts_with = "campaign"
+    )]
+    store: Option<PathBuf>,
     /// The device id to connect as (also the MQTT client id: stop the device's own client
     /// first, or the two take the connection from each other).
-    #[arg(long, value_name = "ID")]
-    device: String,
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "campaign",
+        conflicts_with = "campaign"
+    )]
+    device: Option<String>,
+    #[command(flatten)]
+    fleet: CampaignArgs,
+}
+
+/// `rotate --campaign`: the fleet side.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Campaign (fleet side)")]
+struct CampaignArgs {
+    /// Run a rotation campaign with this id (1-64 of A-Z a-z 0-9 - _) over the hub in --data;
+    /// devices report against it.
+    #[arg(long, value_name = "ID", requires = "state")]
+    campaign: Option<String>,
+    /// The campaign's state file (JSON, 0600, replaced atomically): created by a new campaign,
+    /// read by --resume.
+    #[arg(long, value_name = "FILE", requires = "campaign")]
+    state: Option<PathBuf>,
+    /// Continue the campaign in --state (after an abort, a failure or an interruption):
+    /// devices that rotated are not asked again; the plan is the one in the file.
+    #[arg(long, requires = "campaign")]
+    resume: bool,
+    #[command(flatten)]
+    hub: HubDir,
+    /// Only certificates expiring within N days.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "campaign",
+        conflicts_with = "resume",
+        value_parser = clap::value_parser!(u32).range(0..=36_500)
+    )]
+    expiring_days: Option<u32>,
+    /// Only devices in this thing group (repeatable: any of them).
+    #[arg(
+        long = "group",
+        value_name = "GROUP",
+        requires = "campaign",
+        conflicts_with = "resume"
+    )]
+    groups: Vec<String>,
+    /// Only certificates issued by this CA: a certificate file or a registered CA's id
+    /// (repeatable: any of them).
+    #[arg(
+        long = "issuer-ca",
+        value_name = "FILE_OR_ID",
+        requires = "campaign",
+        conflicts_with = "resume"
+    )]
+    issuer_cas: Vec<String>,
+    /// Devices in the canary cohort, which must pass before any wave starts [default: 0].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "campaign",
+        conflicts_with = "resume"
+    )]
+    canary: Option<u32>,
+    /// Devices per wave after the canary [default: all the rest in one wave].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "campaign",
+        conflicts_with = "resume",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    wave_size: Option<u32>,
+    /// Devices rotating at once at most [default: 16].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "campaign",
+        conflicts_with = "resume",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_concurrency: Option<u32>,
+    /// Abort when more than this ratio (0-1) of a run's results are failures (timeouts
+    /// count) [default: 0.1].
+    #[arg(
+        long,
+        value_name = "F",
+        requires = "campaign",
+        conflicts_with = "resume",
+        value_parser = parse_ratio
+    )]
+    max_failure_ratio: Option<f64>,
+    /// Results a run needs before the ratio is judged (the canary is always judged)
+    /// [default: 10].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "campaign",
+        conflicts_with = "resume"
+    )]
+    min_sample: Option<u32>,
+    /// Seconds a device has to answer once asked; then it has timed out [default: 300].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "campaign",
+        conflicts_with = "resume",
+        value_parser = clap::value_parser!(u64).range(1..=604_800)
+    )]
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -463,6 +602,13 @@ impl Status {
     }
 }
 
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a ratio from 0 to 1 (0.1 is 10 %)")),
+    }
+}
+
 fn parse_attribute(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
@@ -498,6 +644,41 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
             expiring_days,
             json,
         }) => lifecycle::audit(&admin::connect(hub)?, expiring_days, json).await,
+        Command::Rotate(RotateArgs {
+            fleet:
+                CampaignArgs {
+                    campaign: Some(id),
+                    state: Some(state),
+                    resume,
+                    hub,
+                    expiring_days,
+                    groups,
+                    issuer_cas,
+                    canary,
+                    wave_size,
+                    max_concurrency,
+                    max_failure_ratio,
+                    min_sample,
+                    timeout_secs,
+                },
+            ..
+        }) => {
+            let options = campaign::CampaignOptions {
+                id,
+                state,
+                resume,
+                expiring_days,
+                groups,
+                issuer_cas,
+                canary,
+                wave_size,
+                max_concurrency,
+                max_failure_ratio,
+                min_sample,
+                timeout_secs,
+            };
+            campaign::run(admin::connect(hub)?, options).await
+        }
         command => run_command(command).await.map(|()| ExitCode::SUCCESS),
     }
 }
@@ -618,7 +799,16 @@ async fn run_command(command: Command) -> CliResult {
             })
             .await
         }
-        Command::Rotate(a) => lifecycle::rotate(&a.endpoint, &a.ca, &a.store, &a.device).await,
+        Command::Rotate(RotateArgs {
+            endpoint: Some(endpoint),
+            ca: Some(ca),
+            store: Some(store),
+            device: Some(device),
+            ..
+        }) => lifecycle::rotate(&endpoint, &ca, &store, &device).await,
+        // clap requires all four without --campaign, --state with it, and run takes the
+        // campaigns.
+        Command::Rotate(_) => unreachable!("clap requires --endpoint, --ca, --store, --device"),
         Command::Revoke(a) => {
             let client = admin::connect(a.hub)?;
             match (a.cert, a.ca, a.device) {

@@ -25,10 +25,13 @@
 //! | `POST /v1/devices/{id}/enable`         |                               | enables it                                |
 //! | `POST /v1/devices/{id}/disable`        |                               | disables it; `connections_closed`         |
 //! | `POST /v1/devices/{id}/credentials`    |                               | new key + certificate from the hub CA, registered ACTIVE (`201`); the response is the only copy of the key |
+//! | `POST /v1/devices/{id}/commands/{name}` | the command's payload, as raw bytes (any content type) | sends command `name` to the device (QoS 1); `sessions` it reached |
+//! | `GET /v1/devices/{id}/twin`            |                               | the device's twin as the hub holds it     |
+//! | `GET /v1/certificates?state=S&device=D` |                              | registered device certificates with their PEM (both filters optional) |
 //! | `POST /v1/certificates`                | `{device, certificate_pem}`   | registers a device certificate ACTIVE (`201`) |
 //! | `GET /v1/certificates/{id}`            |                               | a device certificate                      |
 //! | `PUT /v1/certificates/{id}/state`      | `{state}`: `active`, `inactive`, `revoked` | `connections_closed`         |
-//! | `GET /v1/cas`                          |                               | registered CAs                            |
+//! | `GET /v1/cas`                          |                               | registered CAs, with their PEM            |
 //! | `POST /v1/cas`                         | `{certificate_pem}`           | registers a CA ACTIVE (`201`)             |
 //! | `PUT /v1/cas/{id}/status`              | `{status}`: `active`, `inactive`, `revoked` | `connections_closed`        |
 //! | `GET /v1/cas/{id}/devices`             |                               | the device certificates that chain to the CA (directly or through registered CAs below it), in every state: what revoking it cuts off |
@@ -42,7 +45,23 @@
 //! | `GET /v1/audit?device_expiry_days=N&ca_expiry_days=N` |                | Device Defender's certificate checks over the fleet (both thresholds optional, default 30) |
 //!
 //! Certificate and CA ids are SHA-256 fingerprints of the DER, lowercase hex (AWS's certificate
-//! id).
+//! id). A certificate in an answer is `{id, subject, issuer, serial, not_before, not_after}`
+//! (times RFC 3339, UTC), with `state` (`active`, `inactive`, `revoked`) and `device` where
+//! they apply: `GET /v1/devices/{id}` lists the device's certificates so, and `GET
+//! /v1/certificates` adds `certificate_pem` to each, so a fleet tool (a rotation campaign's
+//! selection, say) can look at issuers and key ids with one request.
+//!
+//! `POST /v1/devices/{id}/commands/{name}` takes the body as the payload, byte for byte (a
+//! rotation request is JSON, but the hub does not look): `{device, command, sessions}`, where
+//! `sessions` counts the sessions it reached, live or queued for an offline persistent
+//! session. When no session of the device subscribes to its commands the answer is `503`
+//! `unavailable`, and nothing is queued; an unknown device is `404`, a bad command name
+//! (empty, or with `/`, `+`, `#`) `400`.
+//!
+//! `GET /v1/devices/{id}/twin` answers the twin in fleetkit's neutral shape: `{desired,
+//! reported, version, desired_version, reported_version}` (see
+//! [`TwinDocument`](crate::device::twin::TwinDocument)); a device that never reported has
+//! empty sections at version 0.
 //!
 //! `GET /v1/cas/{id}/devices` answers `{ca: {id, subject, status, hub_ca}, certificates: [{id,
 //! device, state}], devices: [id…], active: N}`: `hub_ca` says whether it is the hub's own CA,
@@ -80,7 +99,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -101,7 +121,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use zeroize::Zeroizing;
 
 use super::hub::LocalHub;
-use super::registry::{CertificateState, DeviceRecord};
+use super::registry::{CertificateRecord, CertificateState, DeviceRecord};
 use super::tls::CaStatus;
 use crate::identity::{DeviceId, TlsSigningKey};
 use crate::lifecycle::audit::{AuditConfig, CertificateFinding, Severity};
@@ -363,7 +383,12 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/devices/{id}/enable", post(enable_device))
         .route("/v1/devices/{id}/disable", post(disable_device))
         .route("/v1/devices/{id}/credentials", post(issue_credential))
-        .route("/v1/certificates", post(register_certificate))
+        .route("/v1/devices/{id}/commands/{name}", post(send_command))
+        .route("/v1/devices/{id}/twin", get(get_twin))
+        .route(
+            "/v1/certificates",
+            get(list_certificates).post(register_certificate),
+        )
         .route("/v1/certificates/{id}", get(get_certificate))
         .route("/v1/certificates/{id}/state", put(set_certificate_state))
         .route("/v1/cas", get(list_cas).post(register_ca))
@@ -729,11 +754,9 @@ async fn get_device(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> A
         .into_iter()
         .filter(|(_, _, d)| *d == id)
         .map(|(c, state, _)| {
-            json!({
-                "id": c.fingerprint_sha256(),
-                "state": state_name(state),
-                "not_after": rfc3339(c.not_after()),
-            })
+            let mut v = certificate_json(&c);
+            v["state"] = Value::from(state_name(state));
+            v
         })
         .collect();
     let mut body = device_json(&device);
@@ -781,6 +804,30 @@ async fn issue_credential(State(s): State<Arc<AppState>>, Path(id): Path<String>
     Ok(response)
 }
 
+async fn send_command(
+    State(s): State<Arc<AppState>>,
+    Path((id, name)): Path<(String, String)>,
+    payload: Bytes,
+) -> ApiResult {
+    // Spawned: once asked, the command is sent even if the client goes away meanwhile.
+    let hub = s.hub.clone();
+    let (device, command) = (id.clone(), name.clone());
+    let sessions = tokio::spawn(async move { hub.send_command(&device, &command, payload).await })
+        .await
+        .map_err(|e| Error::Unavailable(format!("the command was not sent: {e}")))??;
+    ok(
+        StatusCode::OK,
+        json!({ "device": id, "command": name, "sessions": sessions }),
+    )
+}
+
+async fn get_twin(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
+    let twin = s.hub.twin(&id)?;
+    let body = serde_json::to_value(&twin)
+        .map_err(|e| Error::invalid("twin", format!("cannot encode the twin: {e}")))?;
+    ok(StatusCode::OK, body)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterCertificate {
@@ -800,6 +847,48 @@ async fn register_certificate(State(s): State<Arc<AppState>>, body: Bytes) -> Ap
     body["device"] = Value::from(req.device);
     body["state"] = Value::from("active");
     ok(StatusCode::CREATED, body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateQuery {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
+}
+
+async fn list_certificates(
+    State(s): State<Arc<AppState>>,
+    query: std::result::Result<Query<CertificateQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| {
+        Error::invalid(
+            "query",
+            format!("{}; the listing takes state and device", e.body_text()),
+        )
+    })?;
+    let state = query.state.as_deref().map(parse_state).transpose()?;
+    // Cloned out of the registry lock; the JSON (with every PEM) is built after.
+    let records: Vec<CertificateRecord> = s.hub.with_registry(|r| {
+        r.all_certificates()
+            .into_iter()
+            .filter(|c| state.is_none_or(|st| c.state == st))
+            .filter(|c| query.device.as_ref().is_none_or(|d| c.device == *d))
+            .cloned()
+            .collect()
+    });
+    let list: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let mut v = certificate_json(&r.certificate);
+            v["device"] = Value::from(r.device.as_str());
+            v["state"] = Value::from(state_name(r.state));
+            v["certificate_pem"] = Value::from(r.certificate.to_pem());
+            v
+        })
+        .collect();
+    ok(StatusCode::OK, json!({ "certificates": list }))
 }
 
 async fn get_certificate(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
@@ -848,6 +937,7 @@ async fn list_cas(State(s): State<Arc<AppState>>) -> ApiResult {
             let mut v = certificate_json(c);
             v["status"] = Value::from(ca_status_name(*status));
             v["hub_ca"] = Value::from(c.fingerprint_sha256() == hub_ca);
+            v["certificate_pem"] = Value::from(c.to_pem());
             v
         })
         .collect();
@@ -1656,6 +1746,162 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn commands_twins_and_the_certificate_listing() {
+        let api = Api::start().await;
+        api.call(
+            "POST",
+            "/v1/devices",
+            Some(r#"{"id": "sensor-1", "groups": ["fleet"]}"#),
+        )
+        .await;
+        let (status, cred) = api
+            .call("POST", "/v1/devices/sensor-1/credentials", None)
+            .await;
+        assert_eq!(status, 201, "{cred}");
+        let id = cred["certificate_id"].as_str().unwrap().to_string();
+
+        // A command: the device must exist, the name be one topic level, and a session
+        // subscribe to its commands (none here: 503, nothing queued).
+        let (status, body) = api
+            .call("POST", "/v1/devices/nosuch/commands/rotate", Some("{}"))
+            .await;
+        assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+        let (status, body) = api
+            .call("POST", "/v1/devices/sensor-1/commands/a+b", Some("{}"))
+            .await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (400, Some("command name"))
+        );
+        let (status, body) = api
+            .call(
+                "POST",
+                "/v1/devices/sensor-1/commands/rotate",
+                Some(r#"{"campaign": "c1"}"#),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("unavailable")),
+            "{body}"
+        );
+
+        // The twin of a device that never reported; an unknown device's is 404.
+        let (status, twin) = api.call("GET", "/v1/devices/sensor-1/twin", None).await;
+        assert_eq!(status, 200, "{twin}");
+        assert_eq!(twin["reported"], json!({}));
+        assert_eq!(twin["version"], 0);
+        let (status, _) = api.call("GET", "/v1/devices/nosuch/twin", None).await;
+        assert_eq!(status, 404);
+
+        // The listing: PEM, issuer, state and device; filters; a typo is refused.
+        let inactive = {
+            let (_, c) = api
+                .call("POST", "/v1/devices/sensor-1/credentials", None)
+                .await;
+            c["certificate_id"].as_str().unwrap().to_string()
+        };
+        api.call(
+            "PUT",
+            &format!("/v1/certificates/{inactive}/state"),
+            Some(r#"{"state": "inactive"}"#),
+        )
+        .await;
+        let (status, body) = api.call("GET", "/v1/certificates", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["certificates"].as_array().unwrap().len(), 2);
+        let (status, body) = api
+            .call("GET", "/v1/certificates?state=active&device=sensor-1", None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let listed = body["certificates"].as_array().unwrap();
+        assert_eq!(listed.len(), 1, "{body}");
+        let c = &listed[0];
+        assert_eq!(c["id"], id.as_str());
+        assert_eq!(c["device"], "sensor-1");
+        assert_eq!(c["state"], "active");
+        assert_eq!(c["issuer"], api.hub.ca_certificate().subject());
+        let pem = Certificate::from_pem(c["certificate_pem"].as_str().unwrap()).unwrap();
+        assert_eq!(pem.fingerprint_sha256(), id);
+        let (_, body) = api.call("GET", "/v1/certificates?device=other", None).await;
+        assert_eq!(body["certificates"], json!([]));
+        for query in ["state=lost", "colour=red"] {
+            let (status, body) = api
+                .call("GET", &format!("/v1/certificates?{query}"), None)
+                .await;
+            assert_eq!(status, 400, "{query}: {body}");
+            assert_eq!(body["error"], "invalid_input", "{body}");
+        }
+
+        // The device's own listing says state, issuer and expiry of each certificate; the CA
+        // listing carries each CA's PEM.
+        let (_, device) = api.call("GET", "/v1/devices/sensor-1", None).await;
+        let certs = device["certificates"].as_array().unwrap();
+        assert_eq!(certs.len(), 2);
+        for c in certs {
+            assert_eq!(c["issuer"], api.hub.ca_certificate().subject(), "{c}");
+            assert!(c["not_after"].as_str().unwrap().ends_with('Z'), "{c}");
+            assert!(
+                matches!(c["state"].as_str(), Some("active" | "inactive")),
+                "{c}"
+            );
+        }
+        let (_, cas) = api.call("GET", "/v1/cas", None).await;
+        let hub_ca =
+            Certificate::from_pem(cas["cas"][0]["certificate_pem"].as_str().unwrap()).unwrap();
+        assert_eq!(hub_ca, *api.hub.ca_certificate());
+    }
+
+    #[tokio::test]
+    async fn a_command_reaches_a_connected_device_byte_for_byte() {
+        use crate::device::{DeviceClient, NativeDialect};
+        let api = Api::start().await;
+        api.hub
+            .put_policy("device", &crate::policy::builtin::native_device())
+            .unwrap();
+        api.hub
+            .attach_policy("device", AttachTarget::Group("fleet".into()))
+            .unwrap();
+        api.hub
+            .create_device(DeviceRecord::new("sensor-1").in_group("fleet"))
+            .unwrap();
+        let credential = api.hub.issue_device_credential("sensor-1").unwrap();
+        let client = DeviceClient::builder(
+            NativeDialect::new(
+                "localhost",
+                api.hub.mqtt_addr().port(),
+                api.hub.ca_certificate(),
+            ),
+            DeviceId::new("sensor-1").unwrap(),
+        )
+        .credential(credential)
+        .connect()
+        .await
+        .unwrap();
+        let mut commands = client.commands().unwrap();
+        // Not JSON, not even UTF-8 in general: the body is the payload.
+        let (status, body) = api
+            .call(
+                "POST",
+                "/v1/devices/sensor-1/commands/reboot",
+                Some("now, please"),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            json!({"device": "sensor-1", "command": "reboot", "sessions": 1})
+        );
+        let command = tokio::time::timeout(Duration::from_secs(10), commands.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(command.name, "reboot");
+        assert_eq!(&command.payload[..], b"now, please");
+        client.shutdown(Duration::from_secs(1)).await;
     }
 
     #[tokio::test]

@@ -73,6 +73,8 @@ enum Body {
     Json(Value),
     /// A JSON document sent as it is (a policy: the hub's parser reports its errors).
     Raw(String),
+    /// Opaque bytes (a command's payload).
+    Bytes(Vec<u8>),
 }
 
 /// A client of one running hub's admin API.
@@ -272,6 +274,9 @@ impl Client {
             Body::Raw(text) => request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(text),
+            Body::Bytes(bytes) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes),
         };
         let response = request.send().await.map_err(|e| {
             Failure::new(format!(
@@ -782,6 +787,62 @@ impl Client {
             Body::None,
         )
         .await
+    }
+}
+
+// Calls for `rotate --campaign` (src/bin/fleetkit/campaign.rs).
+impl Client {
+    /// The admin API's base URL (for messages; it holds no secret).
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.base
+    }
+
+    /// The hub's data directory this client was made from.
+    pub(crate) fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// `GET /v1/devices`: every device, with its groups and whether it is enabled.
+    pub(crate) async fn devices(&self) -> CliResult<Value> {
+        self.call(Method::GET, &["devices"], Body::None).await
+    }
+
+    /// `GET /v1/certificates?state=…`: device certificates with their PEM.
+    pub(crate) async fn certificates(&self, state: &str) -> CliResult<Value> {
+        self.call_with_query(
+            Method::GET,
+            &["certificates"],
+            &[("state", state.to_string())],
+            Body::None,
+        )
+        .await
+    }
+
+    /// `GET /v1/cas`: the registered CAs, with their PEM.
+    pub(crate) async fn cas(&self) -> CliResult<Value> {
+        self.call(Method::GET, &["cas"], Body::None).await
+    }
+
+    /// `POST /v1/devices/{id}/commands/{name}` with `payload` as the body; the answer holds
+    /// `sessions`.
+    pub(crate) async fn send_command(
+        &self,
+        device: &str,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> CliResult<Value> {
+        self.call(
+            Method::POST,
+            &["devices", device, "commands", name],
+            Body::Bytes(payload),
+        )
+        .await
+    }
+
+    /// `GET /v1/devices/{id}/twin`.
+    pub(crate) async fn twin(&self, device: &str) -> CliResult<Value> {
+        self.call(Method::GET, &["devices", device, "twin"], Body::None)
+            .await
     }
 }
 
