@@ -311,6 +311,27 @@ impl NativeHubDialect {
     }
 }
 
+/// Answers a certificate request to the requesting connection only.
+fn answer_certificate(
+    outbox: &Outbox,
+    from: &Publisher<'_>,
+    device: &str,
+    request_id: &str,
+    result: Result<Value>,
+) {
+    let (status, body) = match result {
+        Ok(body) => (200, body),
+        Err(e) => error_body(&e),
+    };
+    let topic = topics::certificate_response(device, status, request_id);
+    let _ = outbox.publish_to(
+        from.client_id,
+        &topic,
+        Bytes::from(serde_json::to_vec(&body).expect("JSON")),
+        0,
+    );
+}
+
 /// The twins as the dialect's saved state.
 fn twins_state(twins: &HashMap<String, TwinDocument>) -> Value {
     let twins: serde_json::Map<String, Value> = twins
@@ -474,31 +495,13 @@ impl HubDialect for NativeHubDialect {
                 Ok(())
             }
             Some(Reserved::CertificateCsr { device, request_id }) => {
-                let (status, body) = match self.issue_for_csr(from, device, payload, outbox) {
-                    Ok(body) => (200, body),
-                    Err(e) => error_body(&e),
-                };
-                let topic = topics::certificate_response(device, status, request_id);
-                let _ = outbox.publish_to(
-                    from.client_id,
-                    &topic,
-                    Bytes::from(serde_json::to_vec(&body).expect("JSON")),
-                    0,
-                );
+                let result = self.issue_for_csr(from, device, payload, outbox);
+                answer_certificate(outbox, from, device, request_id, result);
                 Ok(())
             }
             Some(Reserved::CertificateConfirm { device, request_id }) => {
-                let (status, body) = match self.confirm(from, device, payload, outbox) {
-                    Ok(body) => (200, body),
-                    Err(e) => error_body(&e),
-                };
-                let topic = topics::certificate_response(device, status, request_id);
-                let _ = outbox.publish_to(
-                    from.client_id,
-                    &topic,
-                    Bytes::from(serde_json::to_vec(&body).expect("JSON")),
-                    0,
-                );
+                let result = self.confirm(from, device, payload, outbox);
+                answer_certificate(outbox, from, device, request_id, result);
                 Ok(())
             }
             _ => Err(Error::NotSupported(format!("no service owns {topic:?}"))),
