@@ -99,6 +99,35 @@ pub enum DeviceOutcome {
     },
 }
 
+impl DeviceOutcome {
+    /// The answer to `request` in a device's reported twin properties (the `rotation`
+    /// section a [`RotationAgent`](super::agent::RotationAgent) writes): `None` if the twin
+    /// holds no answer to this campaign and attempt yet; an error for a malformed section.
+    /// Every [`CampaignBackend`] that reads twins maps them with this.
+    pub fn from_reported(
+        reported: &serde_json::Map<String, serde_json::Value>,
+        request: &RotationRequest,
+    ) -> Result<Option<DeviceOutcome>> {
+        use super::agent::{RotationOutcome, RotationStatus};
+        let Some(outcome) = RotationOutcome::from_reported(reported) else {
+            return Ok(None);
+        };
+        let outcome = outcome?;
+        if !outcome.answers(&request.campaign, request.attempt) {
+            return Ok(None);
+        }
+        Ok(Some(match outcome.status {
+            RotationStatus::Succeeded => DeviceOutcome::Succeeded {
+                certificate_id: outcome.certificate_id,
+            },
+            RotationStatus::Failed => DeviceOutcome::Failed {
+                reason: outcome.error.unwrap_or_else(|| "no reason given".into()),
+            },
+            RotationStatus::InProgress => DeviceOutcome::InProgress,
+        }))
+    }
+}
+
 /// A device as a backend describes it to the selection.
 #[non_exhaustive]
 #[derive(Clone, Debug)]
@@ -1318,24 +1347,7 @@ impl CampaignBackend for crate::local::LocalHub {
         device: &str,
         request: &RotationRequest,
     ) -> Result<Option<DeviceOutcome>> {
-        use super::agent::{RotationOutcome, RotationStatus};
-        let twin = self.twin(device)?;
-        let Some(outcome) = RotationOutcome::from_reported(twin.reported()) else {
-            return Ok(None);
-        };
-        let outcome = outcome?;
-        if !outcome.answers(&request.campaign, request.attempt) {
-            return Ok(None);
-        }
-        Ok(Some(match outcome.status {
-            RotationStatus::InProgress => DeviceOutcome::InProgress,
-            RotationStatus::Succeeded => DeviceOutcome::Succeeded {
-                certificate_id: outcome.certificate_id,
-            },
-            RotationStatus::Failed => DeviceOutcome::Failed {
-                reason: outcome.error.unwrap_or_else(|| "no reason given".into()),
-            },
-        }))
+        DeviceOutcome::from_reported(self.twin(device)?.reported(), request)
     }
 }
 

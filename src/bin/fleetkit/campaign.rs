@@ -22,9 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleetkit::lifecycle::agent::{
-    ROTATE_COMMAND, RotationOutcome, RotationRequest, RotationStatus,
-};
+use fleetkit::lifecycle::agent::{ROTATE_COMMAND, RotationRequest};
 use fleetkit::lifecycle::campaign::{
     Campaign, CampaignBackend, CampaignPlan, CampaignReport, DeviceInfo, DeviceOutcome,
     DeviceStatus, Phase, Progress, Selector,
@@ -165,34 +163,8 @@ impl CampaignBackend for AdminCampaignBackend {
         let twin = self.client.twin(device).await.map_err(api_error)?;
         let empty = serde_json::Map::new();
         let reported = twin["reported"].as_object().unwrap_or(&empty);
-        device_outcome(reported, request)
+        DeviceOutcome::from_reported(reported, request)
     }
-}
-
-/// The answer to `request` in a reported twin section, as the local hub's backend reads it
-/// (see `impl CampaignBackend for LocalHub` in the library): `None` while there is none, or
-/// only one to another campaign or attempt.
-fn device_outcome(
-    reported: &serde_json::Map<String, Value>,
-    request: &RotationRequest,
-) -> fleetkit::Result<Option<DeviceOutcome>> {
-    let Some(outcome) = RotationOutcome::from_reported(reported) else {
-        return Ok(None);
-    };
-    let outcome = outcome?;
-    if !outcome.answers(&request.campaign, request.attempt) {
-        return Ok(None);
-    }
-    Ok(Some(match outcome.status {
-        RotationStatus::Succeeded => DeviceOutcome::Succeeded {
-            certificate_id: outcome.certificate_id,
-        },
-        RotationStatus::Failed => DeviceOutcome::Failed {
-            reason: outcome.error.unwrap_or_else(|| "no reason given".into()),
-        },
-        // In progress, and any status a newer agent may report: not an answer yet.
-        _ => DeviceOutcome::InProgress,
-    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,36 +549,42 @@ mod tests {
     fn outcomes_answer_only_their_own_request() {
         let request = RotationRequest::new("c1", 2);
         assert_eq!(
-            device_outcome(&serde_json::Map::new(), &request).unwrap(),
+            DeviceOutcome::from_reported(&serde_json::Map::new(), &request).unwrap(),
             None
         );
         let ok = RotationOutcome::succeeded(&request, "3f00");
         assert_eq!(
-            device_outcome(&reported(&ok), &request).unwrap(),
+            DeviceOutcome::from_reported(&reported(&ok), &request).unwrap(),
             Some(DeviceOutcome::Succeeded {
                 certificate_id: Some("3f00".into())
             })
         );
         // An earlier attempt, another campaign: not the answer.
         let stale = RotationOutcome::succeeded(&RotationRequest::new("c1", 1), "3f00");
-        assert_eq!(device_outcome(&reported(&stale), &request).unwrap(), None);
+        assert_eq!(
+            DeviceOutcome::from_reported(&reported(&stale), &request).unwrap(),
+            None
+        );
         let other = RotationOutcome::succeeded(&RotationRequest::new("c2", 2), "3f00");
-        assert_eq!(device_outcome(&reported(&other), &request).unwrap(), None);
+        assert_eq!(
+            DeviceOutcome::from_reported(&reported(&other), &request).unwrap(),
+            None
+        );
         let failed = RotationOutcome::failed(&request, "refused");
         assert_eq!(
-            device_outcome(&reported(&failed), &request).unwrap(),
+            DeviceOutcome::from_reported(&reported(&failed), &request).unwrap(),
             Some(DeviceOutcome::Failed {
                 reason: "refused".into()
             })
         );
         let working = RotationOutcome::in_progress(&request);
         assert_eq!(
-            device_outcome(&reported(&working), &request).unwrap(),
+            DeviceOutcome::from_reported(&reported(&working), &request).unwrap(),
             Some(DeviceOutcome::InProgress)
         );
         let mut junk = serde_json::Map::new();
         junk.insert("rotation".into(), Value::from("yes"));
-        assert!(device_outcome(&junk, &request).is_err());
+        assert!(DeviceOutcome::from_reported(&junk, &request).is_err());
     }
 
     #[test]
