@@ -73,6 +73,8 @@
 #![warn(unreachable_pub, rustdoc::broken_intra_doc_links)]
 
 pub mod auth;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod backend;
 #[cfg(feature = "device")]
 pub mod device;

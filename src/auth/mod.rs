@@ -38,6 +38,7 @@
 
 mod jwt;
 pub mod sas;
+pub mod sigv4;
 
 pub use jwt::{
     Audience, Claims, DEFAULT_LEEWAY, JwtSigner, JwtVerifier, MAX_LEEWAY, MAX_TOKEN_BYTES,

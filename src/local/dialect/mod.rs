@@ -15,6 +15,7 @@
 //! ([`LocalHubBuilder::dialect`](super::LocalHubBuilder::dialect)); the AWS, Azure and GCP
 //! dialects plug in here without touching the broker.
 
+pub mod aws;
 mod native;
 pub mod provisioning;
 

@@ -1,0 +1,1 @@
+//! The AWS device plane.

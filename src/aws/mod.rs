@@ -1,0 +1,4 @@
+//! AWS IoT Core.
+
+mod builder;
+mod dialect;

@@ -1,0 +1,1 @@
+//! The AWS IoT Jobs service (MQTT API), hub side.

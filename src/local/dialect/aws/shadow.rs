@@ -1,0 +1,1 @@
+//! The AWS Device Shadow service, hub side.
