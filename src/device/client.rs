@@ -535,30 +535,35 @@ impl Shared {
         Ok(())
     }
 
-    /// Marks the client connected and (re)subscribes; returns whether it subscribed (then
-    /// the client is ready once the SUBACK arrives).
-    fn on_connected(&self, session_present: bool) -> bool {
+    /// Marks the client connected and (re)subscribes, at most
+    /// [`DeviceLimits::max_filters_per_subscribe`](super::DeviceLimits) filters per SUBSCRIBE;
+    /// returns how many SUBSCRIBE packets went out (the client is ready once each is
+    /// acknowledged).
+    fn on_connected(&self, session_present: bool) -> usize {
         let mut inner = self.inner.lock().expect("client lock");
         inner.connected = true;
         let subs = self.dialect.subscriptions(&self.device);
-        let subscribed = !subs.is_empty();
-        if subscribed {
-            let filters = subs.into_iter().map(|(f, q)| {
+        let per_packet = self.dialect.limits().max_filters_per_subscribe.max(1);
+        let mut packets = 0;
+        for chunk in subs.chunks(per_packet) {
+            let filters = chunk.iter().map(|(f, q)| {
                 rumqttc::SubscribeFilter::new(
-                    f,
-                    if q == 1 {
+                    f.clone(),
+                    if *q == 1 {
                         QoS::AtLeastOnce
                     } else {
                         QoS::AtMostOnce
                     },
                 )
             });
-            let _ = self.mqtt.try_subscribe_many(filters);
+            if self.mqtt.try_subscribe_many(filters).is_ok() {
+                packets += 1;
+            }
         }
         self.pump(&mut inner);
         drop(inner);
         self.set_state(ConnectionState::Connected { session_present });
-        subscribed
+        packets
     }
 
     /// After the connection dropped: every message in flight goes back to the queue (QoS 1)
@@ -778,7 +783,7 @@ async fn drive(
     // A switch applied, waiting for the outcome of the next connection attempt.
     let mut switching: Option<oneshot::Sender<Result<()>>> = None;
     // Connected, waiting for the SUBACK of the subscriptions made on connect.
-    let mut ready_pending = false;
+    let mut ready_pending = 0usize;
     loop {
         if let Ok(Some(password)) = shared.dialect.password(&shared.device) {
             let user = shared.dialect.username(&shared.device).unwrap_or_default();
@@ -794,7 +799,7 @@ async fn drive(
                 // Ready once the hub has the subscriptions too, so a command or method call
                 // sent right after `connect()` returns reaches the device.
                 ready_pending = shared.on_connected(ack.session_present);
-                if !ready_pending {
+                if ready_pending == 0 {
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
                     }
@@ -806,7 +811,10 @@ async fn drive(
             Ok(Event::Incoming(Packet::Publish(p))) => shared.on_message(&p),
             Ok(Event::Incoming(Packet::PubAck(ack))) => shared.on_puback(ack.pkid),
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if std::mem::take(&mut ready_pending) {
+                if ready_pending > 1 {
+                    ready_pending -= 1;
+                } else if ready_pending == 1 {
+                    ready_pending = 0;
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
                     }

@@ -161,6 +161,9 @@ pub struct DeviceLimits {
     pub max_topic_len: usize,
     /// Most telemetry properties per message.
     pub max_properties: usize,
+    /// Most topic filters the client puts in one SUBSCRIBE (AWS IoT Core: 8); more
+    /// subscriptions go out in several packets.
+    pub max_filters_per_subscribe: usize,
 }
 
 impl Default for DeviceLimits {
@@ -169,6 +172,7 @@ impl Default for DeviceLimits {
             max_payload: 128 * 1024,
             max_topic_len: 256,
             max_properties: 32,
+            max_filters_per_subscribe: 8,
         }
     }
 }

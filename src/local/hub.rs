@@ -607,7 +607,7 @@ impl LocalHubBuilder {
 fn spawn_tcp_listener(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let (tcp, _) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(v) => v,
                     Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
@@ -616,7 +616,13 @@ fn spawn_tcp_listener(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<
             };
             let _ = tcp.set_nodelay(true);
             let shared = shared.clone();
-            tokio::spawn(connection::serve(shared, tcp, Vec::new(), Transport::Tcp));
+            tokio::spawn(connection::serve(
+                shared,
+                tcp,
+                Vec::new(),
+                Transport::Tcp,
+                Some(peer),
+            ));
         }
     })
 }
@@ -632,7 +638,7 @@ fn spawn_listener(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (tcp, _) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(v) => v,
                     Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
@@ -667,7 +673,7 @@ fn spawn_listener(
                     .collect();
                 match transport {
                     Transport::Tls | Transport::Tcp => {
-                        connection::serve(shared, tls, chain, Transport::Tls).await
+                        connection::serve(shared, tls, chain, Transport::Tls, Some(peer)).await
                     }
                     Transport::WebSocket => {
                         let upgrade = tokio::time::timeout(
@@ -677,8 +683,14 @@ fn spawn_listener(
                         .await;
                         match upgrade {
                             Ok(Ok(ws)) => {
-                                Box::pin(connection::serve(shared, ws, chain, Transport::WebSocket))
-                                    .await
+                                Box::pin(connection::serve(
+                                    shared,
+                                    ws,
+                                    chain,
+                                    Transport::WebSocket,
+                                    Some(peer),
+                                ))
+                                .await
                             }
                             Ok(Err(e)) => shared.event(HubEvent::AuthFailure {
                                 client_id: String::new(),
@@ -1044,7 +1056,14 @@ impl LocalHub {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
-        connection::serve(self.shared.clone(), stream, client_chain, Transport::Tls).await;
+        connection::serve(
+            self.shared.clone(),
+            stream,
+            client_chain,
+            Transport::Tls,
+            None,
+        )
+        .await;
     }
 
     /// Subscribes the **cloud side** to `filter`: what devices publish there (and are allowed

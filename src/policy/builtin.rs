@@ -293,6 +293,39 @@ pub fn aws_thing_scoped() -> PolicyDocument {
     ])
 }
 
+/// fleetkit's AWS device policy: [`aws_thing_scoped`] (connect as the attached thing, its own
+/// shadows and jobs) plus the topics of fleetkit's AWS topic design — telemetry on
+/// `dt/{thing}/…` and commands on `cmd/{thing}/…` (AWS's whitepaper convention
+/// `dt|cmd/<…>/<thing>/<type>`, shortened).
+///
+/// | action | resources |
+/// |---|---|
+/// | `iot:Connect` | `client/${iot:Connection.Thing.ThingName}`, with `Bool iot:Connection.Thing.IsAttached = true` |
+/// | `iot:Publish` | `$aws/things/{thing}/shadow/*`, `$aws/things/{thing}/jobs/*`, `dt/{thing}/*` |
+/// | `iot:Subscribe` | the shadow and jobs filters, `cmd/{thing}/*` |
+/// | `iot:Receive` | the shadow and jobs topics, `cmd/{thing}/*` |
+///
+/// Only `iot:` actions and variables: [`PolicyDocument::to_aws_json`] exports it unchanged.
+pub fn aws_device() -> PolicyDocument {
+    let mut statements = aws_thing_scoped().statements;
+    statements.push(allow(
+        "Telemetry",
+        &["iot:Publish"],
+        &[arn("topic", &format!("dt/{THING_NAME}/*"))],
+    ));
+    statements.push(allow(
+        "CommandsFilter",
+        &["iot:Subscribe"],
+        &[arn("topicfilter", &format!("cmd/{THING_NAME}/*"))],
+    ));
+    statements.push(allow(
+        "CommandsReceive",
+        &["iot:Receive"],
+        &[arn("topic", &format!("cmd/{THING_NAME}/*"))],
+    ));
+    PolicyDocument::new(statements)
+}
+
 /// A claim certificate's policy: it may obtain an operational identity through provisioning
 /// template `template` and do nothing else.
 ///

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use super::topic::{validate_topic_filter, validate_topic_name};
 use super::{ConnectionEntry, Delivery, Session};
 use crate::Error;
-use crate::local::dialect::{Authenticated, DeniedPublish, Hello, Publisher, Transport};
+use crate::local::dialect::{
+    Authenticated, DeniedPublish, DisconnectReason, Hello, Presence, Publisher, Qos2, Transport,
+};
 use crate::local::hub::{HubEvent, Shared};
 use crate::pki::Certificate;
 use crate::policy::{ConnectAttributes, Principal, Request};
@@ -178,6 +180,7 @@ pub(crate) async fn serve<S>(
     stream: S,
     chain: Vec<Certificate>,
     transport: Transport,
+    peer: Option<std::net::SocketAddr>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -375,6 +378,16 @@ pub(crate) async fn serve<S>(
         device: device.clone(),
         session_present,
     });
+    let who = Who {
+        client_id: client_id.clone(),
+        device: device.clone(),
+        cert_id: cert_id.clone(),
+        peer,
+        connection: conn_id,
+        transport,
+        clean_session: connect.clean_session,
+    };
+    shared.dialect.on_connected(&who.presence(), &shared.outbox);
 
     let mut conn = Conn {
         shared: shared.clone(),
@@ -462,8 +475,45 @@ pub(crate) async fn serve<S>(
         unacked.push(d);
     }
     let will = if outcome.abnormal() { will } else { None };
-    finish(&shared, conn_id, &client_id, will, unacked, &outcome);
+    let taken_over = finish(&shared, conn_id, &client_id, will, unacked, &outcome);
+    let reason = match outcome {
+        Closed::Disconnect => DisconnectReason::ClientInitiated,
+        Closed::Io(_) => DisconnectReason::ConnectionLost,
+        Closed::Protocol(_) | Closed::ProtocolLevel(_) => DisconnectReason::ClientError,
+        Closed::KeepAlive => DisconnectReason::KeepAliveTimeout,
+        Closed::Killed if taken_over => DisconnectReason::DuplicateClientId,
+        Closed::Killed | Closed::Shutdown => DisconnectReason::ServerInitiated,
+        Closed::Denied(_) => DisconnectReason::Unauthorized,
+    };
+    shared
+        .dialect
+        .on_disconnected(&who.presence(), reason, &shared.outbox);
     let _ = io.stream.shutdown().await;
+}
+
+/// A connection's identity, kept for the dialect's lifecycle hooks.
+struct Who {
+    client_id: String,
+    device: String,
+    cert_id: String,
+    peer: Option<std::net::SocketAddr>,
+    connection: u64,
+    transport: Transport,
+    clean_session: bool,
+}
+
+impl Who {
+    fn presence(&self) -> Presence<'_> {
+        Presence {
+            client_id: &self.client_id,
+            device: &self.device,
+            cert_id: (!self.cert_id.is_empty()).then_some(self.cert_id.as_str()),
+            peer: self.peer,
+            connection: self.connection,
+            transport: self.transport,
+            clean_session: self.clean_session,
+        }
+    }
 }
 
 /// The first 12 characters of a certificate id (or "password" for none), for messages.
@@ -488,6 +538,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Unregisters the connection, keeps a persistent session's messages, publishes the will.
+/// Returns whether another connection had taken the client id over.
 fn finish(
     shared: &Shared,
     conn_id: u64,
@@ -495,10 +546,16 @@ fn finish(
     will: Option<rumqttc::mqttbytes::v4::LastWill>,
     unacked: Vec<Delivery>,
     outcome: &Closed,
-) {
+) -> bool {
+    let taken_over;
     {
         let mut state = shared.broker.lock().expect("broker lock");
         state.connections.remove(&conn_id);
+        taken_over = state
+            .sessions
+            .get(client_id)
+            .and_then(|s| s.live.as_ref())
+            .is_some_and(|(id, _)| *id != conn_id);
         let mut drop_session = false;
         if let Some(session) = state.sessions.get_mut(client_id)
             && session.live.as_ref().map(|(id, _)| *id) == Some(conn_id)
@@ -544,6 +601,7 @@ fn finish(
         client_id: client_id.to_string(),
         reason: outcome.describe(),
     });
+    taken_over
 }
 
 struct Conn {
@@ -630,11 +688,29 @@ impl Conn {
                 Ok(())
             }
             Packet::Subscribe(sub) => {
+                let dialect = self.shared.dialect.clone();
+                if let Some(max) = self.shared.limits.max_filters_per_subscribe
+                    && sub.filters.len() > max
+                {
+                    return Err(Closed::Protocol(format!(
+                        "{} topic filters in one SUBSCRIBE (at most {max})",
+                        sub.filters.len()
+                    )));
+                }
+                if dialect.qos2() == Qos2::Unanswered
+                    && sub.filters.iter().any(|f| f.qos == QoS::ExactlyOnce)
+                {
+                    // AWS IoT Core: no SUBACK, nothing subscribed.
+                    return Ok(());
+                }
                 let principal = self.principal();
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut granted = Vec::new();
+                let wildcard_retained = dialect.retained_on_wildcard_subscribe();
                 for f in &sub.filters {
-                    if validate_topic_filter(&f.path).is_err() {
+                    if validate_topic_filter(&f.path).is_err()
+                        || self.shared.limits.too_deep(&f.path)
+                    {
                         codes.push(SubscribeReasonCode::Failure);
                         continue;
                     }
@@ -656,6 +732,9 @@ impl Conn {
                         state
                             .subscriptions
                             .subscribe(filter, self.client_id.clone(), *qos);
+                        if !wildcard_retained && (filter.contains('+') || filter.contains('#')) {
+                            continue;
+                        }
                         for (topic, (payload, rqos)) in &state.retained {
                             if super::topic::filter_matches(filter, topic)
                                 && principal.authorize(&Request::receive(topic)).is_allowed()
@@ -711,13 +790,29 @@ impl Conn {
         p: Publish,
     ) -> Result<(), Closed> {
         if p.qos == QoS::ExactlyOnce {
-            return Err(Closed::Protocol(
-                "QoS 2 publish (not supported: connection closed, as Azure and GCP do)".into(),
-            ));
+            return match self.shared.dialect.qos2() {
+                // AWS IoT Core: no PUBREC, the message goes nowhere.
+                Qos2::Unanswered => Ok(()),
+                _ => Err(Closed::Protocol(
+                    "QoS 2 publish (not supported: connection closed, as Azure and GCP do)".into(),
+                )),
+            };
         }
         if let Err(e) = validate_topic_name(&p.topic) {
             return Err(Closed::Protocol(format!(
                 "invalid topic {:?}: {e}",
+                p.topic
+            )));
+        }
+        if self.shared.limits.too_deep(&p.topic) {
+            return Err(Closed::Protocol(format!(
+                "topic {:?} has more levels than the hub allows",
+                p.topic
+            )));
+        }
+        if p.retain && p.topic.starts_with('$') {
+            return Err(Closed::Protocol(format!(
+                "retained publish to reserved topic {:?}",
                 p.topic
             )));
         }

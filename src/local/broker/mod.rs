@@ -35,6 +35,13 @@ pub struct Limits {
     pub min_keep_alive: u16,
     /// Largest keep-alive accepted (AWS: 1200 s).
     pub max_keep_alive: u16,
+    /// Most topic filters in one SUBSCRIBE (AWS: 8); more closes the connection. `None`: no
+    /// limit.
+    pub max_filters_per_subscribe: Option<usize>,
+    /// Most levels in a topic or filter (AWS: 8, that is 7 slashes, not counting a
+    /// `$aws/rules/<rule>/` prefix). A deeper publish closes the connection; a deeper filter is
+    /// refused in the SUBACK. `None`: no limit.
+    pub max_topic_levels: Option<usize>,
 }
 
 impl Default for Limits {
@@ -47,7 +54,24 @@ impl Default for Limits {
             connect_timeout: std::time::Duration::from_secs(10),
             min_keep_alive: 1,
             max_keep_alive: 1200,
+            max_filters_per_subscribe: None,
+            max_topic_levels: None,
         }
+    }
+}
+
+impl Limits {
+    /// Whether `topic` (a name or a filter) has more levels than allowed.
+    pub(crate) fn too_deep(&self, topic: &str) -> bool {
+        let Some(max) = self.max_topic_levels else {
+            return false;
+        };
+        // AWS's Basic Ingest prefix does not count.
+        let counted = match topic.strip_prefix("$aws/rules/") {
+            Some(rest) => rest.split_once('/').map_or("", |(_, t)| t),
+            None => topic,
+        };
+        counted.split('/').count() > max
     }
 }
 

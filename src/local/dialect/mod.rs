@@ -145,6 +145,73 @@ pub enum DeniedPublish {
     Drop,
 }
 
+/// One connection, as lifecycle events (AWS's `$aws/events/presence/…`) describe it.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug)]
+pub struct Presence<'a> {
+    /// The MQTT client id.
+    pub client_id: &'a str,
+    /// The registry device it authenticated as.
+    pub device: &'a str,
+    /// The certificate it authenticated with (`None` for a password).
+    pub cert_id: Option<&'a str>,
+    /// The peer's address, when the hub accepted the socket itself.
+    pub peer: Option<std::net::SocketAddr>,
+    /// The hub's id for this connection (unique while the hub runs).
+    pub connection: u64,
+    /// How the client came in.
+    pub transport: Transport,
+    /// Whether the client asked for a clean session.
+    pub clean_session: bool,
+}
+
+/// Why a connection ended, in the terms lifecycle events use.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    ClientInitiated,
+    /// Another connection took the client id over.
+    DuplicateClientId,
+    /// Nothing was heard within 1.5 × the keep-alive.
+    KeepAliveTimeout,
+    /// The socket closed or failed without a DISCONNECT.
+    ConnectionLost,
+    /// The client broke the protocol (or a dialect rule) and was disconnected.
+    ClientError,
+    /// The policy refused an action that closes the connection.
+    Unauthorized,
+    /// The hub closed it (a credential or device status change, or shutdown).
+    ServerInitiated,
+}
+
+impl DisconnectReason {
+    /// AWS IoT Core's name for it (the `disconnectReason` of a disconnected event).
+    pub fn aws_name(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientInitiated => "CLIENT_INITIATED_DISCONNECT",
+            DisconnectReason::DuplicateClientId => "DUPLICATE_CLIENTID",
+            DisconnectReason::KeepAliveTimeout => "MQTT_KEEP_ALIVE_TIMEOUT",
+            DisconnectReason::ConnectionLost => "CONNECTION_LOST",
+            DisconnectReason::ClientError => "CLIENT_ERROR",
+            DisconnectReason::Unauthorized => "AUTH_ERROR",
+            DisconnectReason::ServerInitiated => "SERVER_INITIATED_DISCONNECT",
+        }
+    }
+}
+
+/// What the hub does with QoS 2, which no cloud supports.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos2 {
+    /// A QoS 2 subscription is granted QoS 1; a QoS 2 publish closes the connection (Azure
+    /// IoT Hub, Google Cloud IoT Core).
+    Downgrade,
+    /// Neither is answered: a QoS 2 publish gets no PUBREC and is dropped, a SUBSCRIBE asking
+    /// for QoS 2 gets no SUBACK and subscribes nothing (AWS IoT Core).
+    Unanswered,
+}
+
 /// The device that published to a service topic.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug)]
@@ -399,6 +466,29 @@ pub trait HubDialect: Send + Sync + 'static {
     /// What a denied publish does.
     fn denied_publish(&self) -> DeniedPublish {
         DeniedPublish::Disconnect
+    }
+
+    /// What QoS 2 publishes and subscriptions get. Default [`Qos2::Downgrade`].
+    fn qos2(&self) -> Qos2 {
+        Qos2::Downgrade
+    }
+
+    /// Whether a subscription with a wildcard gets the retained messages it matches (MQTT
+    /// says yes; AWS IoT Core sends retained messages only to exact-topic subscriptions).
+    fn retained_on_wildcard_subscribe(&self) -> bool {
+        true
+    }
+
+    /// Called once a client is connected (after its CONNACK), outside every hub lock: the
+    /// place for lifecycle events.
+    fn on_connected(&self, who: &Presence<'_>, outbox: &Outbox) {
+        let _ = (who, outbox);
+    }
+
+    /// Called once a connection has ended and its session was settled (will published,
+    /// messages kept), outside every hub lock.
+    fn on_disconnected(&self, who: &Presence<'_>, reason: DisconnectReason, outbox: &Outbox) {
+        let _ = (who, reason, outbox);
     }
 
     /// Sends a command (cloud-to-device message) to `device`; returns how many sessions it
