@@ -1,4 +1,216 @@
-//! AWS IoT Core.
+//! AWS IoT Core (feature `aws`).
+//!
+//! [`AwsIot`] is one AWS IoT Core account in one region, as a device sees it: the account's
+//! data endpoint, how to reach it, which Amazon roots to trust, and the topic design the
+//! fleet uses. Build it with [`AwsIot::builder`] — from code, from the usual `AWS_*`
+//! environment variables ([`AwsIotBuilder::from_env`]) or from typed string keys
+//! ([`AwsConfigKey`]) — and hand [`AwsIot::dialect`] to a
+//! [`DeviceClient`](crate::device::DeviceClient).
+//!
+//! # What works today
+//!
+//! The device plane over MQTT 3.1.1 with X.509 mutual TLS ([`AwsDialect`]):
+//!
+//! - **Transports**: port 8883 ([`AwsTransport::Mqtt`]) or port 443 with the ALPN protocol
+//!   `x-amzn-mqtt-ca` ([`AwsTransport::MqttAlpn443`]), for networks that only let HTTPS out.
+//! - **Identity**: the MQTT client id is the thing name (the device id), so AWS's thing policy
+//!   variables (`${iot:Connection.Thing.ThingName}`) resolve.
+//! - **Telemetry** on a topic built from a template, by default `dt/{thing}/telemetry`
+//!   (AWS's recommended `dt/<application>/<context>/<thing>/<type>` design; set your own with
+//!   [`AwsIotBuilder::telemetry_topic`]). MQTT 3.1.1 has no user properties, so telemetry
+//!   properties are [`NotSupported`](crate::Error::NotSupported): put them in the payload or
+//!   the topic.
+//! - **Commands** arrive on `cmd/{thing}/<name>` (prefix configurable with
+//!   [`AwsIotBuilder::command_topic`]).
+//! - **The twin is a Device Shadow**: the classic shadow, or a named one
+//!   ([`AwsIotBuilder::shadow_name`]). Get, report (optionally conditional on the version)
+//!   and delta notifications, mapped onto fleetkit's
+//!   [`TwinDocument`](crate::device::twin::TwinDocument); shadow errors become typed errors
+//!   (409 → [`Conflict`](crate::Error::Conflict), 404 → [`NotFound`](crate::Error::NotFound),
+//!   …).
+//!
+//! # What is coming
+//!
+//! - The control plane: a `FleetAdmin` over AWS IoT's HTTPS API signed with SigV4 (register
+//!   CAs and things, attach policies, set certificate status) — the builder already takes the
+//!   credentials and the control endpoint ([`AwsIotBuilder::control_endpoint`],
+//!   `AWS_ENDPOINT_URL_IOT`).
+//! - MQTT over WebSocket (`wss://<endpoint>/mqtt`) authenticated with SigV4, and HTTPS
+//!   publish.
+//! - Jobs and fleet provisioning by claim over MQTT; certificate rotation.
+//!
+//! # Trust
+//!
+//! fleetkit bundles no Amazon root certificate: download `AmazonRootCA1.pem` from
+//! <https://www.amazontrust.com/repository/AmazonRootCA1.pem> (the root of the `iot:Data-ATS`
+//! endpoints) and pass it with [`AwsIotBuilder::root_ca`] / [`AwsIotBuilder::roots`], or name
+//! the PEM file in `AWS_CA_BUNDLE`. [`build`](AwsIotBuilder::build) refuses to go on without
+//! one.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use fleetkit::aws::{AwsIot, AwsTransport};
+//! use fleetkit::device::{DeviceClient, Telemetry};
+//! use fleetkit::identity::{DeviceId, X509Credential};
+//! use fleetkit::pki::Certificate;
+//!
+//! # async fn run(credential: X509Credential) -> fleetkit::Result<()> {
+//! let amazon_root = Certificate::from_pem(&std::fs::read_to_string("AmazonRootCA1.pem")?)?;
+//! let aws = AwsIot::builder()
+//!     .region("eu-west-1")
+//!     // `aws iot describe-endpoint --endpoint-type iot:Data-ATS` gives the prefix.
+//!     .account_endpoint("a3qjexampleffp")
+//!     .transport(AwsTransport::MqttAlpn443)
+//!     .root_ca(&amazon_root)
+//!     .telemetry_topic("dt/greenhouse/{thing}/climate")
+//!     .build()?;
+//! assert_eq!(aws.endpoint(), "a3qjexampleffp-ats.iot.eu-west-1.amazonaws.com");
+//!
+//! let client = DeviceClient::builder(aws.dialect(), DeviceId::new("sensor-1")?)
+//!     .credential(credential)
+//!     .connect()
+//!     .await?;
+//! client.send_telemetry(Telemetry::new(r#"{"temp": 21.5}"#)).await?;
+//! let version = client.twin().report(serde_json::json!({"firmware": "1.2.0"})).await?;
+//! # let _ = version;
+//! client.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
 
 mod builder;
 mod dialect;
+
+use std::fmt;
+
+use rustls_pki_types::CertificateDer;
+use zeroize::Zeroizing;
+
+pub use builder::{AwsConfigKey, AwsIotBuilder, AwsTransport};
+pub use dialect::{AwsDialect, shadow_topic_prefix, topics};
+
+/// One AWS IoT Core account in one region, as its devices reach it: validated configuration
+/// made by [`AwsIotBuilder::build`].
+///
+/// `Debug` shows the access key id but never the secret access key or the session token.
+#[derive(Clone)]
+pub struct AwsIot {
+    region: String,
+    endpoint: String,
+    port: u16,
+    transport: AwsTransport,
+    server_name: String,
+    roots: Vec<CertificateDer<'static>>,
+    control_endpoint: String,
+    access_key_id: Option<String>,
+    secret_access_key: Option<Zeroizing<String>>,
+    session_token: Option<Zeroizing<String>>,
+    telemetry_topic: String,
+    command_topic: String,
+    shadow_name: Option<String>,
+}
+
+impl AwsIot {
+    /// A builder with nothing set (see [`AwsIotBuilder`]).
+    pub fn builder() -> AwsIotBuilder {
+        AwsIotBuilder::new()
+    }
+
+    /// The region, e.g. `us-east-1`.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The data endpoint's host, e.g. `a3qjexampleffp-ats.iot.us-east-1.amazonaws.com`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The TCP port devices connect to (by default the transport's: 8883 or 443).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How devices connect.
+    pub fn transport(&self) -> AwsTransport {
+        self.transport
+    }
+
+    /// The name the server certificate must carry, sent as SNI (by default the endpoint host).
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// The trust anchors for the endpoint's certificate.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The control-plane base URL, by default `https://iot.<region>.amazonaws.com` (no
+    /// trailing `/`).
+    pub fn control_endpoint(&self) -> &str {
+        &self.control_endpoint
+    }
+
+    /// The access key id for signing control-plane requests, if credentials were given.
+    pub fn access_key_id(&self) -> Option<&str> {
+        self.access_key_id.as_deref()
+    }
+
+    /// The secret access key, if credentials were given. A secret: keep it out of logs.
+    pub fn secret_access_key(&self) -> Option<&str> {
+        self.secret_access_key.as_ref().map(|s| s.as_str())
+    }
+
+    /// The session token of temporary credentials, if one was given. A secret: keep it out
+    /// of logs.
+    pub fn session_token(&self) -> Option<&str> {
+        self.session_token.as_ref().map(|s| s.as_str())
+    }
+
+    /// The telemetry topic template (`{thing}` stands for the thing name).
+    pub fn telemetry_topic(&self) -> &str {
+        &self.telemetry_topic
+    }
+
+    /// The command topic prefix template; commands arrive on `<prefix>/<name>`.
+    pub fn command_topic(&self) -> &str {
+        &self.command_topic
+    }
+
+    /// The named shadow that is the device's twin; `None` for the classic shadow.
+    pub fn shadow_name(&self) -> Option<&str> {
+        self.shadow_name.as_deref()
+    }
+
+    /// The device-plane dialect for a [`DeviceClient`](crate::device::DeviceClient).
+    pub fn dialect(&self) -> AwsDialect {
+        AwsDialect::new(self)
+    }
+}
+
+impl fmt::Debug for AwsIot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsIot")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("port", &self.port)
+            .field("transport", &self.transport)
+            .field("server_name", &self.server_name)
+            .field("roots", &self.roots.len())
+            .field("control_endpoint", &self.control_endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| builder::REDACTED),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| builder::REDACTED),
+            )
+            .field("telemetry_topic", &self.telemetry_topic)
+            .field("command_topic", &self.command_topic)
+            .field("shadow_name", &self.shadow_name)
+            .finish()
+    }
+}
