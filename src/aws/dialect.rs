@@ -325,13 +325,12 @@ impl Dialect for AwsDialect {
     }
 
     fn limits(&self) -> DeviceLimits {
-        // Every field named, plus the defaults of fields added later (PROTOCOLS.md §1.4).
-        #[allow(clippy::needless_update)]
+        // PROTOCOLS.md §1.4.
         DeviceLimits {
             max_payload: 128 * 1024,
             max_topic_len: topics::MAX_TOPIC_BYTES,
             max_properties: 0,
-            ..DeviceLimits::default()
+            max_filters_per_subscribe: 8,
         }
     }
 

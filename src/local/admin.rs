@@ -290,7 +290,7 @@ impl Drop for AdminServer {
 
 /// TLS for the admin endpoint: a serverAuth certificate for the loopback names from the hub's
 /// CA, no client certificates (the token authenticates), ALPN `http/1.1`.
-fn server_config(hub: &LocalHub) -> Result<Arc<ServerConfig>> {
+pub(crate) fn server_config(hub: &LocalHub) -> Result<Arc<ServerConfig>> {
     let (chain, key) = super::tls::issue_server_certificate(hub.ca(), &[])?;
     let key: Arc<dyn rustls::sign::SigningKey> = Arc::new(TlsSigningKey::new(key));
     let certified = CertifiedKey::new(chain, key);
@@ -304,7 +304,7 @@ fn server_config(hub: &LocalHub) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     router: Router,

@@ -1,0 +1,189 @@
+//! The official AWS IoT Device SDK v2 for Python (`awsiotsdk`, on the AWS Common Runtime)
+//! against the local hub's AWS dialect: the proof that the dialect is AWS's, not ours.
+//!
+//! The SDK connects with mutual TLS (its username carries `?SDK=PythonV2&Version=…`),
+//! subscribes through its own shadow client, reports, desires, is refused a stale version and
+//! malformed JSON with AWS's codes, receives a delta caused by a cloud-side change, reads the
+//! document back and uses a named shadow. The script is `tests/python/aws_sdk_shadow.py`.
+//!
+//! Needs Python 3 with `awsiotsdk` (`python3 -m pip install awsiotsdk`; `.ci/run` installs it
+//! in a virtual environment). The interpreter is `$FLEETKIT_PYTHON`, or `python3`. Without the
+//! SDK this test fails: it never skips silently.
+#![cfg(feature = "local")]
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fleetkit::local::dialect::aws::AwsHubDialect;
+use fleetkit::local::{DeviceRecord, HubEvent, LocalHub};
+use fleetkit::policy::{AttachTarget, builtin};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const THING: &str = "py-thing-1";
+
+fn interpreter() -> String {
+    let python = std::env::var("FLEETKIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-c", "import awsiot, awscrt"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the Python interpreter {python:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{python} cannot import the AWS IoT Device SDK: run `{python} -m pip install awsiotsdk` \
+         (or set FLEETKIT_PYTHON to an interpreter that has it).\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_shadow_flow() {
+    let python = interpreter();
+    let hub = LocalHub::builder()
+        .dialect(AwsHubDialect::new())
+        .start()
+        .await
+        .unwrap();
+    hub.put_policy("device", &builtin::aws_device()).unwrap();
+    hub.attach_policy("device", AttachTarget::Group("fleet".into()))
+        .unwrap();
+    hub.create_device(DeviceRecord::new(THING).in_group("fleet"))
+        .unwrap();
+    let cred = hub.issue_device_credential(THING).unwrap();
+    let mut presence = hub.subscribe(&format!("$aws/events/presence/+/{THING}")).unwrap();
+    let mut events = hub.events();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("ca.pem"), hub.ca_certificate().to_pem()).unwrap();
+    std::fs::write(d.join("cert.pem"), cred.chain_pem()).unwrap();
+    let der = cred.signer().export_pkcs8_der().unwrap();
+    fleetkit::identity::SoftwareKey::from_pkcs8_der(&der)
+        .unwrap()
+        .write_pkcs8_pem(d.join("key.pem"))
+        .unwrap();
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/aws_sdk_shadow.py");
+    let mut child = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg("localhost")
+        .arg(hub.mqtt_addr().port().to_string())
+        .arg(THING)
+        .arg(d.join("cert.pem"))
+        .arg(d.join("key.pem"))
+        .arg(d.join("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut steps: HashMap<String, Value> = HashMap::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON step line ({e}): {line}"));
+            let step = v["step"].as_str().unwrap().to_string();
+            assert_ne!(step, "error", "the SDK script failed: {v}");
+            if step == "ready" {
+                // The cloud side desires a new interval: the device hears a delta.
+                hub.update_desired(THING, json!({"interval": 30}), None)
+                    .await
+                    .unwrap();
+                stdin.write_all(b"go\n").await.unwrap();
+                stdin.flush().await.unwrap();
+            }
+            steps.insert(step, v);
+        }
+    })
+    .await;
+    let status = child.wait().await.unwrap();
+    if outcome.is_err() || !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use tokio::io::AsyncReadExt as _;
+            let _ = e.read_to_string(&mut err).await;
+        }
+        panic!("the SDK script did not finish: {status:?}\nsteps: {steps:?}\nstderr:\n{err}");
+    }
+    for step in ["connected", "subscribed", "done"] {
+        assert!(steps.contains_key(step), "missing step {step}: {steps:?}");
+    }
+
+    // A shadow that does not exist yet.
+    assert_eq!(steps["get_missing"]["code"], 404);
+    // The report was accepted as version 1, with exactly what was reported.
+    assert_eq!(steps["reported"]["version"], 1);
+    assert_eq!(
+        steps["reported"]["reported"],
+        json!({"color": "red", "fw": "1.0"})
+    );
+    assert_eq!(
+        steps["documents"]["current"],
+        json!({"color": "red", "fw": "1.0"})
+    );
+    // Desired differs from reported only in colour: that is the delta.
+    assert_eq!(steps["delta"]["version"], 2);
+    assert_eq!(steps["delta"]["state"], json!({"color": "green"}));
+    // AWS's refusals, as the SDK parsed them.
+    assert_eq!(steps["stale"]["code"], 409);
+    assert_eq!(steps["stale"]["message"], "Version conflict");
+    assert_eq!(steps["malformed"]["code"], 400);
+    assert_eq!(steps["malformed"]["message"], "Invalid JSON");
+    // The cloud-side change arrived as a delta with the new version.
+    assert_eq!(steps["cloud_delta"]["version"], 3);
+    assert_eq!(
+        steps["cloud_delta"]["state"],
+        json!({"color": "green", "interval": 30})
+    );
+    assert_eq!(steps["get"]["version"], 3);
+    assert_eq!(
+        steps["get"]["desired"],
+        json!({"color": "green", "fw": "1.0", "interval": 30})
+    );
+    assert_eq!(steps["get"]["reported"], json!({"color": "red", "fw": "1.0"}));
+    assert_eq!(
+        steps["get"]["delta"],
+        json!({"color": "green", "interval": 30})
+    );
+    assert_eq!(steps["named"]["version"], 1);
+    assert_eq!(steps["named"]["reported"], json!({"mode": "eco"}));
+
+    // The hub agrees, and the classic shadow was not touched by the named one.
+    let twin = hub.twin(THING).unwrap();
+    assert_eq!(twin.version(), 3);
+    assert_eq!(
+        Value::Object(twin.reported().clone()),
+        json!({"color": "red", "fw": "1.0"})
+    );
+
+    // Lifecycle events for the SDK's connection: connected, then a client-initiated
+    // disconnect.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), presence.recv())
+            .await
+            .expect("presence events")
+            .expect("subscription open");
+        seen.push(serde_json::from_slice::<Value>(&m.payload).unwrap());
+    }
+    assert_eq!(seen[0]["eventType"], "connected");
+    assert_eq!(seen[0]["clientId"], THING);
+    assert_eq!(seen[1]["eventType"], "disconnected");
+    assert_eq!(seen[1]["disconnectReason"], "CLIENT_INITIATED_DISCONNECT");
+    assert_eq!(seen[1]["clientInitiatedDisconnect"], true);
+    assert!(seen[1]["versionNumber"].as_u64() > seen[0]["versionNumber"].as_u64());
+
+    // The SDK's CONNECT carried its metrics in the username and was admitted anyway: no
+    // authentication failures on the way.
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(e, HubEvent::AuthFailure { .. } | HubEvent::PolicyDenied { .. }),
+            "{e:?}"
+        );
+    }
+}
