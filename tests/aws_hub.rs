@@ -137,7 +137,10 @@ async fn lifecycle_events_and_duplicate_client_ids() {
     assert!(connected["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
     // The same client id again: the new connection wins, the old one is dropped.
     let (second, mut second_ev) = AsyncClient::new(options(&hub, "thing-1", &creds[0]), 10);
-    assert_eq!(connack(&mut second_ev).await, Ok(ConnectReturnCode::Success));
+    assert_eq!(
+        connack(&mut second_ev).await,
+        Ok(ConnectReturnCode::Success)
+    );
     closed(&mut first).await;
     let mut seen = vec![presence(&mut events).await, presence(&mut events).await];
     seen.sort_by_key(|e| e["versionNumber"].as_u64());
@@ -147,13 +150,19 @@ async fn lifecycle_events_and_duplicate_client_ids() {
         .expect("a disconnected event");
     assert_eq!(dropped["disconnectReason"], "DUPLICATE_CLIENTID");
     assert_eq!(dropped["clientInitiatedDisconnect"], false);
+    // The dropped connection is the first one; the new one is another session.
+    assert_eq!(dropped["sessionIdentifier"], connected["sessionIdentifier"]);
+    let reconnected = seen
+        .iter()
+        .find(|e| e["eventType"] == "connected")
+        .expect("a connected event");
     assert_ne!(
-        dropped["sessionIdentifier"], connected["sessionIdentifier"],
+        reconnected["sessionIdentifier"], connected["sessionIdentifier"],
         "{seen:?}"
     );
     // A clean DISCONNECT.
     second.disconnect().await.unwrap();
-    let _ = incoming_for(&mut second_ev, Duration::from_millis(300)).await;
+    closed(&mut second_ev).await;
     let bye = presence(&mut events).await;
     assert_eq!(bye["disconnectReason"], "CLIENT_INITIATED_DISCONNECT");
     assert_eq!(bye["clientInitiatedDisconnect"], true);
@@ -253,7 +262,10 @@ async fn retained_messages_follow_aws_rules() {
     // A wildcard subscription does not get the retained message; the exact topic does.
     c.subscribe("dt/thing-1/#", QoS::AtLeastOnce).await.unwrap();
     let got = incoming_for(&mut ev, Duration::from_millis(500)).await;
-    assert!(!got.iter().any(|p| matches!(p, Packet::Publish(_))), "{got:?}");
+    assert!(
+        !got.iter().any(|p| matches!(p, Packet::Publish(_))),
+        "{got:?}"
+    );
     c.subscribe("dt/thing-1/status", QoS::AtLeastOnce)
         .await
         .unwrap();

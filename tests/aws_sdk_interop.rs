@@ -52,7 +52,9 @@ async fn official_python_sdk_shadow_flow() {
     hub.create_device(DeviceRecord::new(THING).in_group("fleet"))
         .unwrap();
     let cred = hub.issue_device_credential(THING).unwrap();
-    let mut presence = hub.subscribe(&format!("$aws/events/presence/+/{THING}")).unwrap();
+    let mut presence = hub
+        .subscribe(&format!("$aws/events/presence/+/{THING}"))
+        .unwrap();
     let mut events = hub.events();
 
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +67,10 @@ async fn official_python_sdk_shadow_flow() {
         .write_pkcs8_pem(d.join("key.pem"))
         .unwrap();
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/aws_sdk_shadow.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/aws_sdk_shadow.py"
+    );
     let mut child = tokio::process::Command::new(&python)
         .arg(script)
         .arg("localhost")
@@ -145,7 +150,10 @@ async fn official_python_sdk_shadow_flow() {
         steps["get"]["desired"],
         json!({"color": "green", "fw": "1.0", "interval": 30})
     );
-    assert_eq!(steps["get"]["reported"], json!({"color": "red", "fw": "1.0"}));
+    assert_eq!(
+        steps["get"]["reported"],
+        json!({"color": "red", "fw": "1.0"})
+    );
     assert_eq!(
         steps["get"]["delta"],
         json!({"color": "green", "interval": 30})
@@ -182,7 +190,10 @@ async fn official_python_sdk_shadow_flow() {
     // authentication failures on the way.
     while let Ok(e) = events.try_recv() {
         assert!(
-            !matches!(e, HubEvent::AuthFailure { .. } | HubEvent::PolicyDenied { .. }),
+            !matches!(
+                e,
+                HubEvent::AuthFailure { .. } | HubEvent::PolicyDenied { .. }
+            ),
             "{e:?}"
         );
     }

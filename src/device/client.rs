@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rustls_pki_types::CertificateDer;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
     Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
 };
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -78,6 +78,11 @@ impl Telemetry {
     pub fn property(mut self, name: &str, value: &str) -> Self {
         self.properties.push((name.to_string(), value.to_string()));
         self
+    }
+
+    /// The application properties, in the order added.
+    pub fn properties(&self) -> &[(String, String)] {
+        &self.properties
     }
 
     /// The payload.
@@ -459,12 +464,10 @@ pub fn tls_config(
         // and signatures are checked by webpki as always.
         let name = rustls_pki_types::ServerName::try_from(endpoint.server_name.clone())
             .map_err(|e| Error::invalid("server name", e.to_string()))?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider,
-        )
-        .build()
-        .map_err(|e| Error::invalid("endpoint roots", e.to_string()))?;
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| Error::invalid("endpoint roots", e.to_string()))?;
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ExpectedName { inner, name }))

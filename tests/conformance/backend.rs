@@ -25,6 +25,9 @@ pub trait Backend: Send + Sync {
 
     /// The device-side dialect for a device of `hub`.
     fn dialect(&self, hub: &LocalHub) -> Arc<dyn Dialect>;
+
+    /// A topic filter that catches every device's telemetry, for the cloud side.
+    fn telemetry_filter(&self) -> &str;
 }
 
 /// A running hub and its devices' credentials, in the order asked for.

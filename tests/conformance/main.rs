@@ -37,6 +37,47 @@ impl Backend for Native {
             hub.ca_certificate(),
         ))
     }
+
+    fn telemetry_filter(&self) -> &str {
+        "devices/+/telemetry/#"
+    }
+}
+
+/// AWS IoT Core: `fleetkit::aws` against the hub's AWS dialect, over ALPN `x-amzn-mqtt-ca`
+/// (as on port 443), with fleetkit's AWS device policy.
+#[cfg(feature = "aws")]
+struct Aws;
+
+#[cfg(feature = "aws")]
+impl Backend for Aws {
+    fn name(&self) -> &str {
+        "aws"
+    }
+
+    fn hub(&self) -> LocalHubBuilder {
+        LocalHub::builder().dialect(fleetkit::local::dialect::aws::AwsHubDialect::new())
+    }
+
+    fn device_policy(&self) -> PolicyDocument {
+        builtin::aws_device()
+    }
+
+    fn dialect(&self, hub: &LocalHub) -> Arc<dyn Dialect> {
+        let aws = fleetkit::aws::AwsIot::builder()
+            .region("us-east-1")
+            .endpoint("127.0.0.1")
+            .server_name("localhost")
+            .transport(fleetkit::aws::AwsTransport::MqttAlpn443)
+            .port(hub.mqtt_addr().port())
+            .root_ca(hub.ca_certificate())
+            .build()
+            .unwrap();
+        Arc::new(aws.dialect())
+    }
+
+    fn telemetry_filter(&self) -> &str {
+        "dt/+/telemetry"
+    }
 }
 
 macro_rules! conformance {
@@ -61,3 +102,20 @@ conformance!(Native =>
     revocation_while_connected,
     reconnect_with_queued_qos1,
 );
+
+#[cfg(feature = "aws")]
+mod aws {
+    use super::*;
+
+    conformance!(Aws =>
+        connect,
+        telemetry_round_trip,
+        telemetry_bad_input,
+        commands,
+        twin_versioning_and_conflicts,
+        methods,
+        denial,
+        revocation_while_connected,
+        reconnect_with_queued_qos1,
+    );
+}

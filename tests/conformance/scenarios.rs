@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fleetkit::Error;
-use fleetkit::device::{ConnectionState, DeviceClient, MethodResponse, Telemetry};
+use fleetkit::device::{ConnectionState, DeviceClient, Feature, MethodResponse, Telemetry};
 use fleetkit::local::{CertificateState, HubEvent};
 use serde_json::json;
 
@@ -45,8 +45,36 @@ pub async fn connect(b: &dyn Backend) {
 /// Telemetry, QoS 0 and 1 with properties, reaches the cloud side in order and intact.
 pub async fn telemetry_round_trip(b: &dyn Backend) {
     let fleet = start(b, &["dev-1"]).await;
-    let mut cloud = fleet.hub.subscribe("devices/+/telemetry/#").unwrap();
+    let mut cloud = fleet.hub.subscribe(b.telemetry_filter()).unwrap();
     let client = fleet.client(b, 0).connect().await.unwrap();
+    if !client.capabilities().supports(Feature::TelemetryProperties) {
+        // No properties on this backend: refused as unsupported, plain telemetry flows.
+        assert!(matches!(
+            client
+                .send_telemetry(Telemetry::new("x").property("seq", "1"))
+                .await,
+            Err(Error::NotSupported(_))
+        ));
+        let topic = b
+            .dialect(&fleet.hub)
+            .telemetry_topic(&fleetkit::identity::DeviceId::new("dev-1").unwrap(), &[])
+            .unwrap();
+        for i in 0..20 {
+            let t = Telemetry::new(format!("{{\"seq\":{i}}}")).qos(if i % 2 == 0 { 1 } else { 0 });
+            client.send_telemetry(t).await.unwrap();
+        }
+        for i in 0..20 {
+            let m = tokio::time::timeout(WAIT, cloud.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.payload, Bytes::from(format!("{{\"seq\":{i}}}")));
+            assert_eq!(m.topic, topic);
+            assert_eq!(m.qos, if i % 2 == 0 { 1 } else { 0 });
+        }
+        assert_eq!(client.queued(), 0);
+        return;
+    }
     for i in 0..20 {
         let t = Telemetry::new(format!("{{\"seq\":{i}}}"))
             .property("seq", &i.to_string())
@@ -81,7 +109,7 @@ pub async fn telemetry_round_trip(b: &dyn Backend) {
 /// Bad telemetry is a typed error, nothing is sent, and the client stays usable.
 pub async fn telemetry_bad_input(b: &dyn Backend) {
     let fleet = start(b, &["dev-1"]).await;
-    let mut cloud = fleet.hub.subscribe("devices/#").unwrap();
+    let mut cloud = fleet.hub.subscribe(b.telemetry_filter()).unwrap();
     let client = fleet.client(b, 0).connect().await.unwrap();
     let max = b.dialect(&fleet.hub).limits().max_payload;
     let cases = [
@@ -91,19 +119,30 @@ pub async fn telemetry_bad_input(b: &dyn Backend) {
         Telemetry::new("x").property("$sys", "v"),
         Telemetry::new("x").qos(2),
     ];
+    let properties = client.capabilities().supports(Feature::TelemetryProperties);
     for t in cases {
         match client.send_telemetry(t.clone()).await {
             Err(Error::InvalidInput { .. }) => {}
+            // A backend without properties refuses any property as unsupported.
+            Err(Error::NotSupported(_)) if !properties && !t.properties().is_empty() => {}
             other => panic!("{t:?}: {other:?}"),
         }
     }
     let too_many = (0..100).fold(Telemetry::new("x"), |t, i| {
         t.property(&format!("p{i}"), "v")
     });
-    assert!(matches!(
-        client.send_telemetry(too_many).await,
-        Err(Error::InvalidInput { .. })
-    ));
+    let refused = client.send_telemetry(too_many).await;
+    if client.capabilities().supports(Feature::TelemetryProperties) {
+        assert!(
+            matches!(refused, Err(Error::InvalidInput { .. })),
+            "{refused:?}"
+        );
+    } else {
+        assert!(
+            matches!(refused, Err(Error::NotSupported(_))),
+            "{refused:?}"
+        );
+    }
     client.send_telemetry(Telemetry::new("ok")).await.unwrap();
     let m = tokio::time::timeout(WAIT, cloud.recv())
         .await
@@ -242,6 +281,17 @@ pub async fn twin_versioning_and_conflicts(b: &dyn Backend) {
 pub async fn methods(b: &dyn Backend) {
     let fleet = start(b, &["dev-1"]).await;
     let client = fleet.client(b, 0).connect().await.unwrap();
+    if !client.capabilities().supports(Feature::Methods) {
+        // Not a feature of this backend: the cloud side says so, typed.
+        assert!(matches!(
+            fleet
+                .hub
+                .invoke_method("dev-1", "add", json!({}), WAIT)
+                .await,
+            Err(Error::NotSupported(_))
+        ));
+        return;
+    }
     client.on_method("add", |args| async move {
         let a = args["a"].as_i64().unwrap_or(0);
         let b = args["b"].as_i64().unwrap_or(0);
@@ -286,7 +336,7 @@ pub async fn methods(b: &dyn Backend) {
 pub async fn denial(b: &dyn Backend) {
     let fleet = start(b, &["dev-1", "dev-2"]).await;
     let mut events = fleet.hub.events();
-    let mut cloud = fleet.hub.subscribe("devices/#").unwrap();
+    let mut cloud = fleet.hub.subscribe(b.telemetry_filter()).unwrap();
     let victim = fleet.client(b, 1).connect().await.unwrap();
     // dev-1 tries to publish as dev-2, with a raw MQTT client and its own certificate.
     let dialect = b.dialect(&fleet.hub);
@@ -436,7 +486,7 @@ pub async fn reconnect_with_queued_qos1(b: &dyn Backend) {
         .start()
         .await
         .unwrap();
-    let mut cloud = hub.subscribe("devices/+/telemetry/#").unwrap();
+    let mut cloud = hub.subscribe(b.telemetry_filter()).unwrap();
     for r in receipts {
         tokio::time::timeout(WAIT, r.acknowledged())
             .await
