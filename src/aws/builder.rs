@@ -301,6 +301,8 @@ pub struct AwsIotBuilder {
     telemetry_topic: Option<String>,
     command_topic: Option<String>,
     shadow_name: Option<String>,
+    /// Whether the device stays out of AWS IoT Jobs (its subscriptions are left out).
+    jobs_off: bool,
     /// The first value [`with_config`](Self::with_config) could not parse: (field, reason),
     /// reported by [`build`](Self::build).
     config_error: Option<(String, String)>,
@@ -542,6 +544,14 @@ impl AwsIotBuilder {
         self
     }
 
+    /// Whether the device takes part in AWS IoT Jobs (default `true`): its client subscribes
+    /// to the thing's jobs topics and [`Jobs`](super::Jobs) works. Off, a device whose policy
+    /// does not allow the jobs topics saves five subscriptions.
+    pub fn jobs(mut self, enabled: bool) -> Self {
+        self.jobs_off = !enabled;
+        self
+    }
+
     /// Checks everything and builds the [`AwsIot`].
     ///
     /// Fails with [`Error::InvalidInput`] whose `field` names the setting: a value
@@ -639,6 +649,7 @@ impl AwsIotBuilder {
             telemetry_topic,
             command_topic,
             shadow_name: self.shadow_name,
+            jobs: !self.jobs_off,
         })
     }
 }

@@ -223,6 +223,7 @@ pub struct AwsDialect {
     telemetry_topic: String,
     command_topic: String,
     shadow_name: Option<String>,
+    jobs: bool,
 }
 
 impl AwsDialect {
@@ -237,6 +238,7 @@ impl AwsDialect {
             telemetry_topic: config.telemetry_topic.clone(),
             command_topic: config.command_topic.clone(),
             shadow_name: config.shadow_name.clone(),
+            jobs: config.jobs,
         }
     }
 
@@ -304,14 +306,18 @@ impl Dialect for AwsDialect {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(&[
+        let mut features = vec![
             Feature::Telemetry,
             Feature::AtLeastOnce,
             Feature::Commands,
             Feature::Twin,
             Feature::DesiredNotifications,
             Feature::TwinVersioning,
-        ])
+        ];
+        if self.jobs {
+            features.push(Feature::Jobs);
+        }
+        Capabilities::new(&features)
     }
 
     fn endpoint(&self) -> &Endpoint {
@@ -365,6 +371,9 @@ impl Dialect for AwsDialect {
         .map(|op| (format!("{prefix}/{}", op.suffix()), 1))
         .collect();
         subs.push((format!("{}/#", self.command_prefix(thing)), 1));
+        if self.jobs {
+            subs.extend(super::jobs::subscriptions(thing));
+        }
         subs
     }
 
@@ -416,6 +425,11 @@ impl Dialect for AwsDialect {
                 },
                 _ => other(),
             };
+        }
+        if self.jobs
+            && let Some(inbound) = super::jobs::classify(thing, topic, payload)
+        {
+            return inbound;
         }
         let prefix = self.command_prefix(thing);
         match topic

@@ -80,6 +80,7 @@
 
 mod builder;
 mod dialect;
+mod jobs;
 
 use std::fmt;
 
@@ -88,6 +89,7 @@ use zeroize::Zeroizing;
 
 pub use builder::{AwsConfigKey, AwsIotBuilder, AwsTransport};
 pub use dialect::{AwsDialect, shadow_topic_prefix, topics};
+pub use jobs::{ExecutionState, JobExecution, JobStatus, JobSummary, JobUpdate, Jobs, PendingJobs};
 
 /// One AWS IoT Core account in one region, as its devices reach it: validated configuration
 /// made by [`AwsIotBuilder::build`].
@@ -108,6 +110,7 @@ pub struct AwsIot {
     telemetry_topic: String,
     command_topic: String,
     shadow_name: Option<String>,
+    jobs: bool,
 }
 
 impl AwsIot {
@@ -181,6 +184,28 @@ impl AwsIot {
     /// The named shadow that is the device's twin; `None` for the classic shadow.
     pub fn shadow_name(&self) -> Option<&str> {
         self.shadow_name.as_deref()
+    }
+
+    /// Whether devices take part in AWS IoT Jobs ([`AwsIotBuilder::jobs`]).
+    pub fn jobs_enabled(&self) -> bool {
+        self.jobs
+    }
+
+    /// A fleet-provisioning-by-claim [`ClaimProvisioner`](crate::lifecycle::provision::ClaimProvisioner)
+    /// for this endpoint: a device holding only the shared `claim` credential gets its own
+    /// identity through provisioning template `template` (AWS's CreateCertificateFromCsr or
+    /// CreateKeysAndCertificate, then RegisterThing).
+    pub fn claim_provisioner(
+        &self,
+        claim: crate::identity::X509Credential,
+        template: &str,
+    ) -> crate::lifecycle::provision::ClaimProvisioner {
+        use crate::device::Dialect as _;
+        crate::lifecycle::provision::ClaimProvisioner::new(
+            self.dialect().endpoint().clone(),
+            claim,
+            template,
+        )
     }
 
     /// The device-plane dialect for a [`DeviceClient`](crate::device::DeviceClient).

@@ -184,6 +184,7 @@ struct Shared {
     commands_tx: mpsc::Sender<Command>,
     desired_tx: mpsc::Sender<DesiredChange>,
     others_tx: mpsc::Sender<(String, Bytes)>,
+    notifications_tx: mpsc::Sender<(String, Bytes)>,
     state: watch::Sender<ConnectionState>,
     request_timeout: Duration,
     next_request: AtomicU64,
@@ -330,6 +331,7 @@ impl DeviceClientBuilder {
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (desired_tx, desired_rx) = mpsc::channel(64);
         let (others_tx, others_rx) = mpsc::channel(256);
+        let (notifications_tx, notifications_rx) = mpsc::channel(64);
         let (state, _) = watch::channel(ConnectionState::Connecting { attempt: 0 });
         let mut prefix = [0u8; 6];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix)
@@ -358,6 +360,7 @@ impl DeviceClientBuilder {
             commands_tx,
             desired_tx,
             others_tx,
+            notifications_tx,
             state,
             request_timeout: self.request_timeout,
             next_request: AtomicU64::new(1),
@@ -388,6 +391,7 @@ impl DeviceClientBuilder {
             commands: Mutex::new(Some(commands_rx)),
             desired: Mutex::new(Some(desired_rx)),
             others: Mutex::new(Some(others_rx)),
+            notifications: Mutex::new(Some(notifications_rx)),
             method_timeout: self.method_timeout,
         })
     }
@@ -716,7 +720,15 @@ impl Shared {
             Inbound::Other { topic, payload } => {
                 self.hand_over(&self.others_tx, p, (topic, payload))
             }
+            Inbound::Notification { topic, payload } => {
+                self.hand_over(&self.notifications_tx, p, (topic, payload))
+            }
             Inbound::TwinResponse {
+                request_id,
+                status,
+                body,
+            }
+            | Inbound::Response {
                 request_id,
                 status,
                 body,
@@ -1021,6 +1033,7 @@ pub struct DeviceClient {
     commands: Mutex<Option<mpsc::Receiver<Command>>>,
     desired: Mutex<Option<mpsc::Receiver<DesiredChange>>>,
     others: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
+    notifications: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
     method_timeout: Duration,
 }
 
@@ -1230,6 +1243,30 @@ impl DeviceClient {
     /// Messages on topics the dialect does not interpret (there is one stream).
     pub fn other_messages(&self) -> Result<mpsc::Receiver<(String, Bytes)>> {
         take(&self.others, "the stream of other messages")
+    }
+
+    /// The stream of backend-service notifications (`(topic, payload)`, e.g. AWS jobs'
+    /// `notify-next`), for backend-specific clients such as
+    /// [`aws::Jobs`](crate::aws) to parse. There is one; a second call is
+    /// [`Error::Precondition`].
+    pub fn notifications(&self) -> Result<mpsc::Receiver<(String, Bytes)>> {
+        take(&self.notifications, "the stream of notifications")
+    }
+
+    /// A fresh request id, unique for this client, for a backend-specific request.
+    pub fn new_request_id(&self) -> String {
+        self.shared.request_id()
+    }
+
+    /// Sends a backend-specific request `out` (which carries `request_id` where the backend
+    /// expects it) and waits for the answer the dialect classifies as an
+    /// [`Inbound::Response`](super::Inbound::Response) with that id: `(status, body)`. The
+    /// extension point for services beyond telemetry, twin and methods (AWS jobs, …).
+    ///
+    /// Errors: [`Error::Timeout`] after the request timeout, [`Error::Unavailable`] when
+    /// offline or the connection drops first.
+    pub async fn request(&self, request_id: String, out: Outbound) -> Result<(u16, Bytes)> {
+        self.shared.request(request_id, out).await
     }
 
     /// The twin: get, report, desired changes.

@@ -33,6 +33,9 @@ pub enum Feature {
     /// A new certificate for a CSR over the device's authenticated connection, and the
     /// confirmation that retires the old one (certificate rotation).
     CertificateRotation,
+    /// Jobs: remote operations queued for the device, which it starts, reports progress on
+    /// and completes (AWS IoT Jobs).
+    Jobs,
 }
 
 /// What a backend's device plane supports — data, not prose: the client checks it before
@@ -274,6 +277,25 @@ pub enum Inbound {
         status: u16,
         /// The body, for [`Dialect::parse_certificate`].
         body: Bytes,
+    },
+    /// The answer to a backend-specific request sent with
+    /// [`DeviceClient::request`](super::DeviceClient::request) (AWS jobs, …).
+    Response {
+        /// The request id it answers.
+        request_id: String,
+        /// Its status (HTTP-like: 2xx success).
+        status: u16,
+        /// The body, for the backend's own parser.
+        body: Bytes,
+    },
+    /// A notification from a backend service that is neither a command nor an answer (AWS
+    /// jobs' `notify-next`), delivered on
+    /// [`DeviceClient::notifications`](super::DeviceClient::notifications).
+    Notification {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Bytes,
     },
     /// Something else: a topic the application subscribed to itself.
     Other {

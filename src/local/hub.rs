@@ -419,6 +419,23 @@ impl LocalHubBuilder {
         self
     }
 
+    /// Speaks `dialect`, which the caller keeps a handle to — for a dialect's own admin
+    /// operations (AWS jobs, shadows by name):
+    ///
+    /// ```no_run
+    /// # async fn f() -> fleetkit::Result<()> {
+    /// use std::sync::Arc;
+    /// use fleetkit::local::{LocalHub, dialect::aws::AwsHubDialect};
+    /// let aws = Arc::new(AwsHubDialect::new());
+    /// let hub = LocalHub::builder().dialect_shared(aws.clone()).start().await?;
+    /// let doc = aws.shadow_document("thing-1", None);
+    /// # let _ = (hub, doc); Ok(()) }
+    /// ```
+    pub fn dialect_shared(mut self, dialect: Arc<dyn HubDialect>) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
     /// Also serves MQTT over **plain TCP** at `addr` (port 0: any free port), for clients
     /// that cannot do TLS. Off by default. Without TLS there is no client certificate, so
     /// only a dialect with a password hook can admit anyone there; credentials cross the

@@ -161,12 +161,26 @@ fn subscriptions_classic() {
         "$aws/things/sensor-1/shadow/update/rejected",
         "$aws/things/sensor-1/shadow/update/delta",
         "cmd/sensor-1/#",
+        "$aws/things/sensor-1/jobs/notify-next",
+        "$aws/things/sensor-1/jobs/get/+",
+        "$aws/things/sensor-1/jobs/start-next/+",
+        "$aws/things/sensor-1/jobs/+/get/+",
+        "$aws/things/sensor-1/jobs/+/update/+",
     ]
     .iter()
     .map(|t| (t.to_string(), 1))
     .collect();
     assert_eq!(subs, expected);
-    assert!(subs.len() <= 8, "AWS takes at most 8 filters per SUBSCRIBE");
+    // More than AWS takes in one SUBSCRIBE: the client splits them by this limit.
+    assert_eq!(classic().limits().max_filters_per_subscribe, 8);
+    assert!(classic().capabilities().supports(Feature::Jobs));
+    // Without jobs: the shadow and command filters only.
+    let no_jobs = builder().jobs(false).build().unwrap().dialect();
+    assert_eq!(
+        no_jobs.subscriptions(&id("sensor-1")),
+        expected[..6].to_vec()
+    );
+    assert!(!no_jobs.capabilities().supports(Feature::Jobs));
 }
 
 #[test]
@@ -174,6 +188,7 @@ fn subscriptions_named() {
     let d = builder()
         .shadow_name("config")
         .command_topic("commands/{thing}")
+        .jobs(false)
         .build()
         .unwrap()
         .dialect();
@@ -472,7 +487,7 @@ fn other_shadow_and_foreign_topics_are_other() {
         "$aws/things/sensor-1/shadow/update/documents",
         "$aws/things/sensor-1/shadow/delete/accepted",
         "$aws/things/sensor-1/shadow/get",
-        "$aws/things/sensor-1/jobs/notify",
+        "$aws/things/sensor-1/jobs/start-next",
         "dt/sensor-1/telemetry",
         "app/anything",
     ] {
