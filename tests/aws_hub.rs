@@ -291,3 +291,225 @@ async fn retained_messages_follow_aws_rules() {
     .unwrap();
     closed(&mut ev).await;
 }
+
+/// Subscribes `c` to `filters` and waits for the SUBACK.
+async fn subscribe(c: &AsyncClient, ev: &mut EventLoop, filters: &[&str]) {
+    c.subscribe_many(
+        filters
+            .iter()
+            .map(|f| SubscribeFilter::new(f.to_string(), QoS::AtLeastOnce)),
+    )
+    .await
+    .unwrap();
+    loop {
+        match timeout(Duration::from_secs(5), ev.poll()).await.unwrap() {
+            Ok(Event::Incoming(Packet::SubAck(_))) => return,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Publishes `payload` to `topic` and returns the next message on `answer_prefix/…`.
+async fn ask(
+    c: &AsyncClient,
+    ev: &mut EventLoop,
+    topic: &str,
+    payload: Vec<u8>,
+    answer_prefix: &str,
+) -> (String, Value) {
+    c.publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    loop {
+        match timeout(Duration::from_secs(5), ev.poll()).await.unwrap() {
+            Ok(Event::Incoming(Packet::Publish(p)))
+                if p.topic.starts_with(answer_prefix)
+                    && (p.topic.ends_with("/accepted") || p.topic.ends_with("/rejected")) =>
+            {
+                return (p.topic.clone(), serde_json::from_slice(&p.payload).unwrap());
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_shadow_requests_get_aws_answers_and_change_nothing() {
+    let (hub, creds) = hub_with(&["thing-1"]).await;
+    let (c, mut ev) = AsyncClient::new(options(&hub, "thing-1", &creds[0]), 10);
+    assert_eq!(connack(&mut ev).await, Ok(ConnectReturnCode::Success));
+    let shadow = "$aws/things/thing-1/shadow";
+    subscribe(
+        &c,
+        &mut ev,
+        &[&format!("{shadow}/update/+"), &format!("{shadow}/get/+")],
+    )
+    .await;
+    let update = format!("{shadow}/update");
+    let (topic, doc) = ask(
+        &c,
+        &mut ev,
+        &update,
+        br#"{"state":{"reported":{"fw":"1.0"}},"clientToken":"ok-1"}"#.to_vec(),
+        &format!("{shadow}/update/"),
+    )
+    .await;
+    assert_eq!(topic, format!("{shadow}/update/accepted"));
+    assert_eq!(doc["version"], 1);
+
+    let deep = (0..8).fold(
+        serde_json::json!(1),
+        |v, i| serde_json::json!({ format!("l{i}"): v }),
+    );
+    let cases: Vec<(Vec<u8>, u64, &str)> = vec![
+        (b"{not json".to_vec(), 400, "Invalid JSON"),
+        (
+            br#"{"clientToken":"t"}"#.to_vec(),
+            400,
+            "Missing required node: state",
+        ),
+        (
+            br#"{"state":{"reported":{"fw":"2.0"}},"version":7}"#.to_vec(),
+            409,
+            "Version conflict",
+        ),
+        (
+            format!(
+                r#"{{"state":{{"reported":{{"a":1}}}},"clientToken":"{}"}}"#,
+                "x".repeat(65)
+            )
+            .into_bytes(),
+            400,
+            "Invalid clientToken",
+        ),
+        (
+            serde_json::to_vec(&serde_json::json!({"state": {"reported": deep}})).unwrap(),
+            400,
+            "JSON contains too many levels of nesting; maximum is 6",
+        ),
+        (
+            serde_json::to_vec(
+                &serde_json::json!({"state": {"reported": {"blob": "x".repeat(9 * 1024)}}}),
+            )
+            .unwrap(),
+            413,
+            "The payload exceeds the maximum size allowed",
+        ),
+        (
+            b"{\"state\":{\"reported\":{\"s\":\"\xff\xfe\"}}}".to_vec(),
+            415,
+            "Unsupported documented encoding; supported encoding is UTF-8",
+        ),
+    ];
+    for (payload, code, message) in cases {
+        let (topic, doc) = ask(&c, &mut ev, &update, payload, &format!("{shadow}/update/")).await;
+        assert_eq!(topic, format!("{shadow}/update/rejected"), "{message}");
+        assert_eq!(doc["code"], code, "{doc}");
+        assert_eq!(doc["message"], message, "{doc}");
+    }
+    // Nothing changed: still version 1 with what was first reported.
+    let (topic, doc) = ask(
+        &c,
+        &mut ev,
+        &format!("{shadow}/get"),
+        br#"{"clientToken":"g"}"#.to_vec(),
+        &format!("{shadow}/get/"),
+    )
+    .await;
+    assert_eq!(topic, format!("{shadow}/get/accepted"));
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["state"]["reported"], serde_json::json!({"fw": "1.0"}));
+    assert_eq!(doc["clientToken"], "g");
+}
+
+#[tokio::test]
+async fn another_things_shadow_and_jobs_are_out_of_reach() {
+    let (hub, creds) = hub_with(&["thing-1", "thing-2"]).await;
+    let mut events = hub.events();
+    let (c, mut ev) = AsyncClient::new(options(&hub, "thing-1", &creds[0]), 10);
+    assert_eq!(connack(&mut ev).await, Ok(ConnectReturnCode::Success));
+    // Subscribing to thing-2's shadow answers is refused in the SUBACK.
+    c.subscribe("$aws/things/thing-2/shadow/get/+", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let got = incoming_for(&mut ev, Duration::from_millis(500)).await;
+    assert!(got.iter().any(|p| matches!(p, Packet::SubAck(a)
+        if a.return_codes == vec![SubscribeReasonCode::Failure])));
+    // Publishing to thing-2's jobs: denied, and AWS closes the connection.
+    c.publish(
+        "$aws/things/thing-2/jobs/start-next",
+        QoS::AtLeastOnce,
+        false,
+        "{}",
+    )
+    .await
+    .unwrap();
+    closed(&mut ev).await;
+    let denied = timeout(Duration::from_secs(5), async {
+        loop {
+            if let fleetkit::local::HubEvent::PolicyDenied { explanation, .. } =
+                events.recv().await.unwrap()
+                && explanation.contains("iot:Publish")
+            {
+                return explanation;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(denied.contains("thing-2/jobs"), "{denied}");
+}
+
+#[tokio::test]
+async fn shadows_and_jobs_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let aws = std::sync::Arc::new(AwsHubDialect::new());
+    let hub = LocalHub::builder()
+        .dialect_shared(aws.clone())
+        .data_dir(data.path())
+        .start()
+        .await
+        .unwrap();
+    hub.create_device(DeviceRecord::new("thing-1")).unwrap();
+    aws.update_shadow(
+        "thing-1",
+        Some("config"),
+        &serde_json::json!({"state": {"desired": {"interval": 60}}}),
+    )
+    .unwrap();
+    aws.create_job(fleetkit::local::dialect::aws::jobs::JobSpec::new(
+        "job-1",
+        serde_json::json!({"op": "reboot"}),
+        vec!["thing-1".to_string()],
+    ))
+    .unwrap();
+    let addr = hub.mqtt_addr();
+    hub.shutdown().await;
+    drop(aws);
+
+    let aws = std::sync::Arc::new(AwsHubDialect::new());
+    let _hub = LocalHub::builder()
+        .dialect_shared(aws.clone())
+        .bind(addr)
+        .data_dir(data.path())
+        .start()
+        .await
+        .unwrap();
+    let doc = aws.shadow_document("thing-1", Some("config")).unwrap();
+    assert_eq!(doc["state"]["desired"]["interval"], 60);
+    assert_eq!(doc["version"], 1);
+    assert_eq!(
+        aws.jobs().executions("job-1").unwrap(),
+        vec![(
+            "thing-1".to_string(),
+            fleetkit::local::dialect::aws::jobs::JobStatus::Queued
+        )]
+    );
+    // Unknown things are refused from the cloud side, typed.
+    assert!(matches!(
+        aws.update_shadow("nobody", None, &serde_json::json!({"state": {}})),
+        Err(fleetkit::Error::NotFound { .. })
+    ));
+}
