@@ -303,6 +303,8 @@ pub struct AwsIotBuilder {
     shadow_name: Option<String>,
     /// Whether the device stays out of AWS IoT Jobs (its subscriptions are left out).
     jobs_off: bool,
+    /// The HTTPS publish port when not on 443 with ALPN (default 8443).
+    https_port: Option<u16>,
     /// The first value [`with_config`](Self::with_config) could not parse: (field, reason),
     /// reported by [`build`](Self::build).
     config_error: Option<(String, String)>,
@@ -544,6 +546,14 @@ impl AwsIotBuilder {
         self
     }
 
+    /// The port of the HTTPS publish endpoint when the transport is not
+    /// [`AwsTransport::MqttAlpn443`] (default 8443; with ALPN, HTTPS shares the MQTT port and
+    /// is selected by ALPN `x-amzn-http-ca`).
+    pub fn https_port(mut self, port: u16) -> Self {
+        self.https_port = Some(port);
+        self
+    }
+
     /// Whether the device takes part in AWS IoT Jobs (default `true`): its client subscribes
     /// to the thing's jobs topics and [`Jobs`](super::Jobs) works. Off, a device whose policy
     /// does not allow the jobs topics saves five subscriptions.
@@ -650,6 +660,7 @@ impl AwsIotBuilder {
             command_topic,
             shadow_name: self.shadow_name,
             jobs: !self.jobs_off,
+            https_port: self.https_port.unwrap_or(8443),
         })
     }
 }

@@ -80,6 +80,7 @@
 
 mod builder;
 mod dialect;
+mod https;
 mod jobs;
 
 use std::fmt;
@@ -89,6 +90,7 @@ use zeroize::Zeroizing;
 
 pub use builder::{AwsConfigKey, AwsIotBuilder, AwsTransport};
 pub use dialect::{AwsDialect, shadow_topic_prefix, topics};
+pub use https::HttpsPublisher;
 pub use jobs::{ExecutionState, JobExecution, JobStatus, JobSummary, JobUpdate, Jobs, PendingJobs};
 
 /// One AWS IoT Core account in one region, as its devices reach it: validated configuration
@@ -111,6 +113,7 @@ pub struct AwsIot {
     command_topic: String,
     shadow_name: Option<String>,
     jobs: bool,
+    https_port: u16,
 }
 
 impl AwsIot {

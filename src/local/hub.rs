@@ -360,6 +360,7 @@ pub struct LocalHubBuilder {
     partition: Partition,
     data_dir: Option<std::path::PathBuf>,
     websocket: bool,
+    https: bool,
     tcp: Option<SocketAddr>,
     dialect: Arc<dyn HubDialect>,
 }
@@ -372,6 +373,7 @@ impl std::fmt::Debug for LocalHubBuilder {
             .field("limits", &self.limits)
             .field("data_dir", &self.data_dir)
             .field("websocket", &self.websocket)
+            .field("https", &self.https)
             .field("tcp", &self.tcp)
             .field("dialect", &self.dialect.name())
             .finish_non_exhaustive()
@@ -450,6 +452,14 @@ impl LocalHubBuilder {
     /// `mqtt` (default off). See [`LocalHub::websocket_addr`].
     pub fn websocket(mut self, on: bool) -> Self {
         self.websocket = on;
+        self
+    }
+
+    /// Also serves the HTTPS publish endpoint (AWS's `POST /topics/<topic>?qos=1`, mutual
+    /// TLS) on a port of its own, as AWS does on 8443 (default off; the MQTT port serves it
+    /// too, to clients offering ALPN `x-amzn-http-ca`). See [`LocalHub::https_addr`].
+    pub fn https(mut self, on: bool) -> Self {
+        self.https = on;
         self
     }
 
@@ -552,6 +562,17 @@ impl LocalHubBuilder {
             })
         });
         trust.set_status_hook(Arc::new(RegistryStatus(Arc::downgrade(&shared))));
+        let https_config = if self.https {
+            Some(super::tls::server_config(
+                server_chain.clone(),
+                server_key.clone(),
+                trust.clone(),
+                vec![b"http/1.1".to_vec()],
+                false,
+            )?)
+        } else {
+            None
+        };
         let websocket_config = if self.websocket {
             // WebSocket clients (browsers, SDKs' WebSocket libraries) offer ALPN `http/1.1`.
             Some(super::tls::server_config(
@@ -568,7 +589,11 @@ impl LocalHubBuilder {
             server_chain,
             server_key,
             trust.clone(),
-            vec![b"mqtt".to_vec(), b"x-amzn-mqtt-ca".to_vec()],
+            vec![
+                b"mqtt".to_vec(),
+                b"x-amzn-mqtt-ca".to_vec(),
+                super::https::ALPN_HTTP.to_vec(),
+            ],
             self.dialect.accepts_clients_without_certificate(),
         )?;
         let listener = TcpListener::bind(self.bind)
@@ -588,6 +613,24 @@ impl LocalHubBuilder {
                         config,
                         shared.clone(),
                         Transport::WebSocket,
+                    )),
+                )
+            }
+            None => (None, None),
+        };
+        let (https_addr, https_task) = match https_config {
+            Some(config) => {
+                let bind = SocketAddr::new(self.bind.ip(), 0);
+                let listener = TcpListener::bind(bind)
+                    .await
+                    .map_err(|e| Error::io(format!("{bind}"), e))?;
+                (
+                    Some(listener.local_addr()?),
+                    Some(spawn_listener(
+                        listener,
+                        config,
+                        shared.clone(),
+                        Transport::Https,
                     )),
                 )
             }
@@ -613,6 +656,8 @@ impl LocalHubBuilder {
             task: Some(task),
             websocket_addr,
             websocket_task,
+            https_addr,
+            https_task,
             tcp_addr,
             tcp_task,
             flusher,
@@ -688,8 +733,13 @@ fn spawn_listener(
                     .iter()
                     .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
                     .collect();
+                let https = transport == Transport::Https
+                    || tls.get_ref().1.alpn_protocol() == Some(super::https::ALPN_HTTP);
+                if https {
+                    return super::https::serve(shared, tls, chain).await;
+                }
                 match transport {
-                    Transport::Tls | Transport::Tcp => {
+                    Transport::Tls | Transport::Tcp | Transport::Https => {
                         connection::serve(shared, tls, chain, Transport::Tls, Some(peer)).await
                     }
                     Transport::WebSocket => {
@@ -799,6 +849,8 @@ pub struct LocalHub {
     task: Option<JoinHandle<()>>,
     websocket_addr: Option<SocketAddr>,
     websocket_task: Option<JoinHandle<()>>,
+    https_addr: Option<SocketAddr>,
+    https_task: Option<JoinHandle<()>>,
     tcp_addr: Option<SocketAddr>,
     tcp_task: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
@@ -825,6 +877,7 @@ impl LocalHub {
             partition: Partition::local(),
             data_dir: None,
             websocket: false,
+            https: false,
             tcp: None,
             dialect: Arc::new(NativeHubDialect::new()),
         }
@@ -839,6 +892,12 @@ impl LocalHub {
     /// to `wss://localhost:<port>/mqtt` offering sub-protocol `mqtt`.
     pub fn websocket_addr(&self) -> Option<SocketAddr> {
         self.websocket_addr
+    }
+
+    /// Where the HTTPS publish endpoint listens, if the builder turned it on
+    /// ([`LocalHubBuilder::https`]): `https://localhost:<port>/topics/<topic>?qos=1`.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// Where MQTT over plain TCP listens, if the builder asked for it
@@ -1241,6 +1300,9 @@ impl LocalHub {
         if let Some(task) = self.websocket_task.take() {
             let _ = task.await;
         }
+        if let Some(task) = self.https_task.take() {
+            let _ = task.await;
+        }
         if let Some(task) = self.tcp_task.take() {
             let _ = task.await;
         }
@@ -1271,6 +1333,9 @@ impl Drop for LocalHub {
             task.abort();
         }
         if let Some(task) = self.websocket_task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.https_task.take() {
             task.abort();
         }
         if let Some(task) = self.tcp_task.take() {

@@ -26,6 +26,7 @@
 pub mod admin;
 pub(crate) mod broker;
 pub mod dialect;
+mod https;
 mod hub;
 mod persist;
 mod registry;

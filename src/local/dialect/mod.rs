@@ -45,6 +45,8 @@ pub enum Transport {
     WebSocket,
     /// MQTT over plain TCP (only when the hub was asked to listen on it).
     Tcp,
+    /// HTTPS publish (AWS's `POST /topics/…`), not MQTT.
+    Https,
 }
 
 /// What a client presented when it connected: the input to [`HubDialect::authenticate`].
