@@ -684,6 +684,7 @@ fn spawn_tcp_listener(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<
                 Vec::new(),
                 Transport::Tcp,
                 Some(peer),
+                None,
             ));
         }
     })
@@ -740,7 +741,8 @@ fn spawn_listener(
                 }
                 match transport {
                     Transport::Tls | Transport::Tcp | Transport::Https => {
-                        connection::serve(shared, tls, chain, Transport::Tls, Some(peer)).await
+                        connection::serve(shared, tls, chain, Transport::Tls, Some(peer), None)
+                            .await
                     }
                     Transport::WebSocket => {
                         let upgrade = tokio::time::timeout(
@@ -749,13 +751,14 @@ fn spawn_listener(
                         )
                         .await;
                         match upgrade {
-                            Ok(Ok(ws)) => {
+                            Ok(Ok((ws, request))) => {
                                 Box::pin(connection::serve(
                                     shared,
                                     ws,
                                     chain,
                                     Transport::WebSocket,
                                     Some(peer),
+                                    Some(request),
                                 ))
                                 .await
                             }
@@ -1137,6 +1140,7 @@ impl LocalHub {
             stream,
             client_chain,
             Transport::Tls,
+            None,
             None,
         )
         .await;

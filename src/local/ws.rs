@@ -16,6 +16,8 @@ use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
+
+use super::dialect::UpgradeRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
@@ -67,7 +69,7 @@ pub(crate) enum WsError {
 /// Performs the server WebSocket handshake on `stream` (see the [module docs](self)) with
 /// messages of at most [`DEFAULT_MAX_MESSAGE`] bytes. A refused upgrade has been answered
 /// (404 or 400) when this returns; the caller just drops the stream.
-pub(crate) async fn accept<S>(stream: S) -> Result<WsStream<S>, WsError>
+pub(crate) async fn accept<S>(stream: S) -> Result<(WsStream<S>, UpgradeRequest), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -78,7 +80,7 @@ where
 pub(crate) async fn accept_with_max_message<S>(
     stream: S,
     max_message: usize,
-) -> Result<WsStream<S>, WsError>
+) -> Result<(WsStream<S>, UpgradeRequest), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -88,10 +90,22 @@ where
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     let mut refusal = None;
+    let mut upgrade = None;
     // The `Err` type is tungstenite's `ErrorResponse` (an `http::Response`).
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| match negotiate(request) {
         Ok(protocol) => {
+            upgrade = Some(UpgradeRequest::new(
+                request.uri().path(),
+                request.uri().query().unwrap_or(""),
+                request
+                    .headers()
+                    .iter()
+                    .filter_map(|(n, v)| {
+                        Some((n.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
+                    .collect(),
+            ));
             response
                 .headers_mut()
                 .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
@@ -106,7 +120,10 @@ where
     let result =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await;
     match (result, refusal) {
-        (Ok(ws), _) => Ok(WsStream::new(ws)),
+        (Ok(ws), _) => Ok((
+            WsStream::new(ws),
+            upgrade.unwrap_or_else(|| UpgradeRequest::new("", "", Vec::new())),
+        )),
         // Tungstenite reports a refusal as `Error::Http` once the answer is written; the
         // callback kept the reason.
         (Err(_), Some(error)) => Err(error),
@@ -349,10 +366,11 @@ mod tests {
                 HeaderValue::from_str(p).unwrap(),
             );
         }
-        tokio::join!(
+        let (client, server) = tokio::join!(
             tokio_tungstenite::client_async(request, client_io),
             accept(server_io)
-        )
+        );
+        (client, server.map(|(ws, _)| ws))
     }
 
     async fn connected() -> (Client, WsStream<DuplexStream>) {
@@ -584,7 +602,7 @@ mod tests {
             accept_with_max_message(server_io, 1024)
         );
         let (mut client, _) = client.unwrap();
-        let mut server = server.unwrap();
+        let (mut server, _) = server.unwrap();
         let send = client.send(Message::Binary(vec![0u8; 2048].into()));
         let mut buf = [0u8; 16];
         let (sent, read) = tokio::join!(send, server.read(&mut buf));

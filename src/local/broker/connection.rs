@@ -17,6 +17,7 @@ use super::{ConnectionEntry, Delivery, Session};
 use crate::Error;
 use crate::local::dialect::{
     Authenticated, DeniedPublish, DisconnectReason, Hello, Presence, Publisher, Qos2, Transport,
+    UpgradeRequest,
 };
 use crate::local::hub::{HubEvent, Shared};
 use crate::pki::Certificate;
@@ -181,6 +182,7 @@ pub(crate) async fn serve<S>(
     chain: Vec<Certificate>,
     transport: Transport,
     peer: Option<std::net::SocketAddr>,
+    upgrade: Option<UpgradeRequest>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -210,6 +212,7 @@ pub(crate) async fn serve<S>(
             password: login.map(|l| l.password.as_str()),
             certificate: chain.first(),
             transport,
+            upgrade: upgrade.as_ref(),
         };
         let registry = shared.registry.read().expect("registry lock");
         shared

@@ -49,6 +49,48 @@ pub enum Transport {
     Https,
 }
 
+/// The HTTP request that opened a WebSocket connection, for dialects that authenticate it
+/// (AWS: a SigV4-presigned URL). Its `Debug` leaves out the query and header values, which
+/// carry signatures and session tokens.
+#[non_exhaustive]
+#[derive(Clone)]
+pub struct UpgradeRequest {
+    /// The request path, percent-encoded as received (`/mqtt`).
+    pub path: String,
+    /// The raw query string, without `?` (empty when there is none).
+    pub query: String,
+    /// The headers as received: `(name, value)`.
+    pub headers: Vec<(String, String)>,
+}
+
+impl UpgradeRequest {
+    /// A request from its parts.
+    pub fn new(path: &str, query: &str, headers: Vec<(String, String)>) -> Self {
+        UpgradeRequest {
+            path: path.to_string(),
+            query: query.to_string(),
+            headers,
+        }
+    }
+}
+
+impl std::fmt::Debug for UpgradeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeRequest")
+            .field("path", &self.path)
+            .field("query_len", &self.query.len())
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 /// What a client presented when it connected: the input to [`HubDialect::authenticate`].
 #[non_exhaustive]
 #[derive(Clone, Copy)]
@@ -64,6 +106,8 @@ pub struct Hello<'a> {
     pub certificate: Option<&'a Certificate>,
     /// The transport the client came in on.
     pub transport: Transport,
+    /// For a WebSocket connection: the upgrade request.
+    pub upgrade: Option<&'a UpgradeRequest>,
 }
 
 impl<'a> Hello<'a> {
@@ -81,7 +125,14 @@ impl<'a> Hello<'a> {
             password,
             certificate,
             transport,
+            upgrade: None,
         }
+    }
+
+    /// The same hello, for a WebSocket connection opened by `request`.
+    pub fn with_upgrade(mut self, request: &'a UpgradeRequest) -> Self {
+        self.upgrade = Some(request);
+        self
     }
 }
 
@@ -96,6 +147,7 @@ impl std::fmt::Debug for Hello<'_> {
                 &self.certificate.map(|c| c.fingerprint_sha256()),
             )
             .field("transport", &self.transport)
+            .field("upgrade", &self.upgrade)
             .finish()
     }
 }
