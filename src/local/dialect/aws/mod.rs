@@ -1,4 +1,5 @@
 //! The hub's AWS IoT Core dialect.
 
 pub mod jobs;
+pub mod rest;
 pub mod shadow;
