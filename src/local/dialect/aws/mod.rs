@@ -29,6 +29,7 @@
 //! ```
 
 pub mod jobs;
+pub mod rest;
 pub mod shadow;
 
 use std::collections::HashMap;
