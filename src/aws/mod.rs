@@ -78,6 +78,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod builder;
 mod dialect;
 mod https;
@@ -88,6 +89,10 @@ use std::fmt;
 use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
+pub use admin::{
+    AwsAdmin, AwsCertificateStatus, CertificateDescription, CreatedCertificate, EndpointType,
+    KeysAndCertificate, RegisteredCertificate, ThingGroup,
+};
 pub use builder::{AwsConfigKey, AwsIotBuilder, AwsTransport};
 pub use dialect::{AwsDialect, shadow_topic_prefix, topics};
 pub use https::HttpsPublisher;
