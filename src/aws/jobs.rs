@@ -1,18 +1,5 @@
 //! AWS IoT Jobs, device side: [`Jobs`] over a connected [`DeviceClient`] (the MQTT API:
 //! get pending, start-next, describe, update, and `notify-next`).
-//!
-//! ```no_run
-//! # async fn f(client: fleetkit::device::DeviceClient) -> fleetkit::Result<()> {
-//! use fleetkit::aws::{Jobs, JobStatus, JobUpdate};
-//! let jobs = Jobs::new(&client)?;
-//! while let Some(job) = jobs.start_next().await? {
-//!     println!("running {} with {}", job.job_id, job.document);
-//!     // … do the work …
-//!     jobs.update(&job.job_id, JobUpdate::new(JobStatus::Succeeded)
-//!         .expected_version(job.version_number)).await?;
-//! }
-//! # Ok(()) }
-//! ```
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -253,7 +240,20 @@ pub struct ExecutionState {
     pub version_number: u64,
 }
 
-/// AWS IoT Jobs for the device of a connected [`DeviceClient`]. See the [module docs](self).
+/// AWS IoT Jobs for the device of a connected [`DeviceClient`].
+///
+/// ```no_run
+/// # async fn f(client: fleetkit::device::DeviceClient) -> fleetkit::Result<()> {
+/// use fleetkit::aws::{Jobs, JobStatus, JobUpdate};
+/// let jobs = Jobs::new(&client)?;
+/// while let Some(job) = jobs.start_next().await? {
+///     println!("running {} with {}", job.job_id, job.document);
+///     // … do the work …
+///     jobs.update(&job.job_id, JobUpdate::new(JobStatus::Succeeded)
+///         .expected_version(job.version_number)).await?;
+/// }
+/// # Ok(()) }
+/// ```
 ///
 /// Needs an AWS client with jobs enabled ([`AwsIotBuilder::jobs`](super::AwsIotBuilder::jobs),
 /// the default); with any other dialect [`Jobs::new`] is [`Error::NotSupported`].

@@ -29,15 +29,29 @@
 //!   (409 → [`Conflict`](crate::Error::Conflict), 404 → [`NotFound`](crate::Error::NotFound),
 //!   …).
 //!
+//! - **Jobs** ([`Jobs`]): pending, start-next, describe, update and `notify-next`.
+//! - **HTTPS publish** ([`HttpsPublisher`]): one message per request with the device
+//!   certificate, on 8443 or on 443 with ALPN `x-amzn-http-ca`.
+//! - **Fleet provisioning by claim** ([`AwsIot::claim_provisioner`]): CreateCertificateFromCsr
+//!   or CreateKeysAndCertificate, then RegisterThing through a template.
+//!
+//! The control plane ([`AwsAdmin`], from [`AwsIot::admin`]): fleetkit's
+//! [`FleetAdmin`](crate::backend::FleetAdmin) over AWS IoT's REST API, every request signed
+//! with SigV4 ([`crate::auth::sigv4`]), throttling retried with jittered backoff, AWS's error
+//! codes mapped onto fleetkit's errors — plus the AWS-only operations (DescribeEndpoint,
+//! CreateKeysAndCertificate, CreateCertificateFromCsr, AttachThingPrincipal, …).
+//!
+//! All of it runs against the local hub's AWS dialect
+//! ([`AwsHubDialect`](crate::local::dialect::aws::AwsHubDialect) and its
+//! [control plane](crate::local::dialect::aws::rest)) with only the endpoints and the CA
+//! changed, which is how fleetkit tests it.
+//!
 //! # What is coming
 //!
-//! - The control plane: a `FleetAdmin` over AWS IoT's HTTPS API signed with SigV4 (register
-//!   CAs and things, attach policies, set certificate status) — the builder already takes the
-//!   credentials and the control endpoint ([`AwsIotBuilder::control_endpoint`],
-//!   `AWS_ENDPOINT_URL_IOT`).
-//! - MQTT over WebSocket (`wss://<endpoint>/mqtt`) authenticated with SigV4, and HTTPS
-//!   publish.
-//! - Jobs and fleet provisioning by claim over MQTT; certificate rotation.
+//! - MQTT over WebSocket (`wss://<endpoint>/mqtt`) authenticated with a SigV4-presigned URL
+//!   (the signing is in [`crate::auth::sigv4::presign_websocket_url`]).
+//! - Certificate rotation over AWS's own APIs (CreateCertificateFromCsr on the operational
+//!   connection).
 //!
 //! # Trust
 //!
