@@ -18,7 +18,8 @@ use crate::{Error, Result};
 /// What `Debug` prints instead of a secret.
 pub(super) const REDACTED: &str = "<redacted>";
 
-/// How a device reaches the data endpoint. Both use X.509 mutual TLS (PROTOCOLS.md §1.1).
+/// How a device reaches the data endpoint (PROTOCOLS.md §1.1): MQTT over X.509 mutual TLS,
+/// or MQTT over WebSocket authenticated with a SigV4-presigned URL (IAM credentials).
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum AwsTransport {
@@ -28,6 +29,11 @@ pub enum AwsTransport {
     /// MQTT over TLS on port 443, offering the ALPN protocol `x-amzn-mqtt-ca` — for networks
     /// that only let HTTPS out.
     MqttAlpn443,
+    /// MQTT over WebSocket (`wss://<endpoint>/mqtt`, port 443) authenticated by a URL
+    /// pre-signed with SigV4 (service `iotdevicegateway`) from the configured AWS
+    /// credentials, signed anew for every connection attempt; a session token is appended
+    /// after signing, as AWS IoT requires. No client certificate.
+    WebSocket,
 }
 
 impl AwsTransport {
@@ -38,7 +44,7 @@ impl AwsTransport {
     pub fn default_port(self) -> u16 {
         match self {
             AwsTransport::Mqtt => 8883,
-            AwsTransport::MqttAlpn443 => 443,
+            AwsTransport::MqttAlpn443 | AwsTransport::WebSocket => 443,
         }
     }
 
@@ -47,6 +53,7 @@ impl AwsTransport {
         match self {
             AwsTransport::Mqtt => None,
             AwsTransport::MqttAlpn443 => Some(Self::ALPN_MQTT_CA),
+            AwsTransport::WebSocket => None,
         }
     }
 
@@ -55,6 +62,7 @@ impl AwsTransport {
         match self {
             AwsTransport::Mqtt => "mqtt",
             AwsTransport::MqttAlpn443 => "mqtt-alpn-443",
+            AwsTransport::WebSocket => "websocket",
         }
     }
 }
@@ -74,9 +82,12 @@ impl FromStr for AwsTransport {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "mqtt" => Ok(AwsTransport::Mqtt),
             "mqtt-alpn-443" | "mqtt-alpn" | "alpn" => Ok(AwsTransport::MqttAlpn443),
+            "websocket" | "wss" | "websockets" => Ok(AwsTransport::WebSocket),
             _ => Err(Error::invalid(
                 "transport",
-                format!("unknown AWS IoT transport {s:?}; expected \"mqtt\" or \"mqtt-alpn-443\""),
+                format!(
+                    "unknown AWS IoT transport {s:?}; expected \"mqtt\", \"mqtt-alpn-443\" or \"websocket\""
+                ),
             )),
         }
     }
@@ -631,6 +642,13 @@ impl AwsIotBuilder {
             self.secret_access_key.is_some(),
             self.session_token.is_some(),
         )?;
+        if self.transport == AwsTransport::WebSocket && self.access_key_id.is_none() {
+            return Err(Error::invalid(
+                "credentials",
+                "the websocket transport signs its URL with AWS credentials: set an access key \
+                 id and secret (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+            ));
+        }
 
         if let Some(name) = &self.shadow_name {
             check_shadow_name(name)?;

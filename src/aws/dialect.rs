@@ -224,6 +224,8 @@ pub struct AwsDialect {
     command_topic: String,
     shadow_name: Option<String>,
     jobs: bool,
+    /// For the WebSocket transport: the credentials and region its URL is signed with.
+    websocket: Option<(crate::auth::sigv4::AwsCredentials, String)>,
 }
 
 impl AwsDialect {
@@ -239,6 +241,10 @@ impl AwsDialect {
             command_topic: config.command_topic.clone(),
             shadow_name: config.shadow_name.clone(),
             jobs: config.jobs,
+            websocket: (config.transport == super::AwsTransport::WebSocket)
+                .then(|| config.credentials())
+                .flatten()
+                .map(|c| (c, config.region.clone())),
         }
     }
 
@@ -322,6 +328,28 @@ impl Dialect for AwsDialect {
 
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// For [`AwsTransport::WebSocket`](super::AwsTransport::WebSocket): `wss://<host>/mqtt`
+    /// pre-signed now (SigV4, service `iotdevicegateway`, no expiry, the session token
+    /// appended after signing).
+    fn websocket_url(&self, _device: &DeviceId) -> Result<Option<String>> {
+        let Some((credentials, region)) = &self.websocket else {
+            return Ok(None);
+        };
+        let host = if self.endpoint.port == 443 {
+            self.endpoint.host.clone()
+        } else {
+            format!("{}:{}", self.endpoint.host, self.endpoint.port)
+        };
+        crate::auth::sigv4::presign_websocket_url(
+            credentials,
+            region,
+            &host,
+            std::time::SystemTime::now(),
+            None,
+        )
+        .map(Some)
     }
 
     /// AWS's SDKs put metrics in the username (`?SDK=…&Version=…`); AWS ignores it for

@@ -30,6 +30,9 @@
 //!   …).
 //!
 //! - **Jobs** ([`Jobs`]): pending, start-next, describe, update and `notify-next`.
+//! - **MQTT over WebSocket** ([`AwsTransport::WebSocket`]): `wss://<endpoint>/mqtt` with a
+//!   URL pre-signed with SigV4 from IAM credentials, signed anew for every connection
+//!   attempt ([`crate::auth::sigv4::presign_websocket_url`]).
 //! - **HTTPS publish** ([`HttpsPublisher`]): one message per request with the device
 //!   certificate, on 8443 or on 443 with ALPN `x-amzn-http-ca`.
 //! - **Fleet provisioning by claim** ([`AwsIot::claim_provisioner`]): CreateCertificateFromCsr
@@ -48,8 +51,6 @@
 //!
 //! # What is coming
 //!
-//! - MQTT over WebSocket (`wss://<endpoint>/mqtt`) authenticated with a SigV4-presigned URL
-//!   (the signing is in [`crate::auth::sigv4::presign_websocket_url`]).
 //! - Certificate rotation over AWS's own APIs (CreateCertificateFromCsr on the operational
 //!   connection).
 //!
@@ -206,6 +207,17 @@ impl AwsIot {
     /// The named shadow that is the device's twin; `None` for the classic shadow.
     pub fn shadow_name(&self) -> Option<&str> {
         self.shadow_name.as_deref()
+    }
+
+    /// The configured AWS credentials (for SigV4), if any.
+    pub fn credentials(&self) -> Option<crate::auth::sigv4::AwsCredentials> {
+        let key = self.access_key_id.as_ref()?;
+        let secret = self.secret_access_key.as_ref()?;
+        let credentials = crate::auth::sigv4::AwsCredentials::new(key.as_str(), secret.as_str());
+        Some(match &self.session_token {
+            Some(token) => credentials.with_session_token(token.as_str()),
+            None => credentials,
+        })
     }
 
     /// Whether devices take part in AWS IoT Jobs ([`AwsIotBuilder::jobs`]).

@@ -313,7 +313,31 @@ impl DeviceClientBuilder {
         let queue = OfflineQueue::new(self.queue, self.overflow)?;
         let endpoint = self.dialect.endpoint().clone();
         let client_id = self.dialect.client_id(&self.device);
-        let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+        let websocket_url = self.dialect.websocket_url(&self.device)?;
+        let tls = tls_config(&endpoint, self.credential.as_ref())?;
+        let mut options = match &websocket_url {
+            Some(url) => MqttOptions::new(client_id, url.clone(), endpoint.port),
+            None => MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port),
+        };
+        if websocket_url.is_some() {
+            // A fresh URL (a new signature) for every connection attempt.
+            let dialect = self.dialect.clone();
+            let device = self.device.clone();
+            options.set_request_modifier(move |mut request| {
+                let fresh = dialect.websocket_url(&device);
+                async move {
+                    match fresh.map(|u| u.map(|u| u.parse())) {
+                        Ok(Some(Ok(uri))) => *request.uri_mut() = uri,
+                        Ok(Some(Err(e))) => {
+                            tracing::warn!(error = %e, "the dialect's WebSocket URL does not parse")
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "no WebSocket URL for this attempt"),
+                    }
+                    request
+                }
+            });
+        }
         options
             .set_keep_alive(self.keep_alive)
             .set_clean_session(!self.persistent_session)
@@ -323,9 +347,11 @@ impl DeviceClientBuilder {
                 self.dialect.limits().max_payload + 4096,
                 self.dialect.limits().max_payload + 4096,
             )
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls_config(&endpoint, self.credential.as_ref())?,
-            )));
+            .set_transport(if websocket_url.is_some() {
+                Transport::wss_with_config(TlsConfiguration::Rustls(tls))
+            } else {
+                Transport::tls_with_config(TlsConfiguration::Rustls(tls))
+            });
         let capacity = usize::from(self.window) + 64;
         let (mqtt, eventloop) = AsyncClient::new(options, capacity);
         let (commands_tx, commands_rx) = mpsc::channel(256);
@@ -394,6 +420,14 @@ impl DeviceClientBuilder {
             notifications: Mutex::new(Some(notifications_rx)),
             method_timeout: self.method_timeout,
         })
+    }
+}
+
+/// The transport `options` uses (TLS or WebSocket over TLS), with the TLS configuration `tls`.
+fn same_transport(options: &MqttOptions, tls: Arc<rustls::ClientConfig>) -> Transport {
+    match options.transport() {
+        Transport::Wss(_) => Transport::wss_with_config(TlsConfiguration::Rustls(tls)),
+        _ => Transport::tls_with_config(TlsConfiguration::Rustls(tls)),
     }
 }
 
@@ -918,11 +952,8 @@ async fn drive(
                 let Some(pending) = pending else { break };
                 // A credential switch: drop the connection and reconnect at once with the
                 // new TLS configuration. The offline queue and subscriptions carry over.
-                eventloop
-                    .mqtt_options
-                    .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                        pending.tls,
-                    )));
+                let transport = same_transport(&eventloop.mqtt_options, pending.tls);
+                eventloop.mqtt_options.set_transport(transport);
                 eventloop.clean();
                 eventloop.pending.clear();
                 shared.on_disconnected();
@@ -949,11 +980,8 @@ async fn drive(
                 }
                 // A switch asked for while offline applies to the next attempt.
                 if let Some(pending) = shared.switch.lock().expect("switch lock").take() {
-                    eventloop
-                        .mqtt_options
-                        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                            pending.tls,
-                        )));
+                    let transport = same_transport(&eventloop.mqtt_options, pending.tls);
+                    eventloop.mqtt_options.set_transport(transport);
                     switching = Some(pending.done);
                 }
                 if was_connected {

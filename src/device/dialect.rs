@@ -336,6 +336,14 @@ pub trait Dialect: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// For MQTT over WebSocket: the `wss://` URL to open, produced anew before **every**
+    /// connection attempt (AWS's SigV4-presigned URL is dated). `None` (the default): MQTT
+    /// over TLS to [`endpoint`](Self::endpoint).
+    fn websocket_url(&self, device: &DeviceId) -> Result<Option<String>> {
+        let _ = device;
+        Ok(None)
+    }
+
     /// Size limits.
     fn limits(&self) -> DeviceLimits {
         DeviceLimits::default()

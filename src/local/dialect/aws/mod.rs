@@ -45,6 +45,7 @@ use super::{
     Authenticated, DeniedPublish, DisconnectReason, Hello, HubDialect, Outbox, Presence, Publisher,
     Qos2, authenticate_certificate,
 };
+use crate::auth::sigv4::{AwsCredentials, SignedRequest, Verifier};
 use crate::device::twin::TwinDocument;
 use crate::local::broker::Limits;
 use crate::local::registry::Registry;
@@ -79,6 +80,11 @@ pub struct AwsHubDialect {
     saved: Mutex<Map<String, Value>>,
     /// Lifecycle event version per client id (monotonic, as AWS's `versionNumber`).
     presence_versions: Mutex<HashMap<String, u64>>,
+    /// IAM-style identities for MQTT over WebSocket with SigV4: access key id →
+    /// (credentials, the registry device it acts as).
+    sigv4: HashMap<String, (AwsCredentials, String)>,
+    /// The region SigV4 signatures must be scoped to.
+    region: String,
 }
 
 impl std::fmt::Debug for AwsHubDialect {
@@ -103,7 +109,66 @@ impl AwsHubDialect {
             provisioning: FleetProvisioning::new(),
             saved: Mutex::new(Map::new()),
             presence_versions: Mutex::new(HashMap::new()),
+            sigv4: HashMap::new(),
+            region: "us-east-1".into(),
         }
+    }
+
+    /// The region the hub pretends to be in (default `us-east-1`): SigV4 signatures of
+    /// WebSocket connections must be scoped to it.
+    pub fn with_region(mut self, region: &str) -> Self {
+        self.region = region.to_string();
+        self
+    }
+
+    /// Admits MQTT over WebSocket (`wss://…/mqtt`, [`LocalHubBuilder::websocket`]) from
+    /// clients whose URL is pre-signed with `credentials` (SigV4, service
+    /// `iotdevicegateway`, this dialect's region; a session token outside the signature as
+    /// AWS IoT requires), as registry device `device`: the policies attached to that device
+    /// (or its groups) are what an IAM policy is on AWS. Clients without a certificate then
+    /// complete the TLS handshake and must authenticate this way.
+    ///
+    /// [`LocalHubBuilder::websocket`]: crate::local::LocalHubBuilder::websocket
+    pub fn with_sigv4_identity(mut self, credentials: AwsCredentials, device: &str) -> Self {
+        self.sigv4.insert(
+            credentials.access_key_id().to_string(),
+            (credentials, device.to_string()),
+        );
+        self
+    }
+
+    /// Authenticates a WebSocket upgrade pre-signed with SigV4.
+    fn authenticate_sigv4(&self, hello: &Hello<'_>) -> Result<Authenticated> {
+        let upgrade = match (hello.transport, hello.upgrade) {
+            (super::Transport::WebSocket, Some(u)) => u,
+            _ => {
+                return Err(Error::Unauthenticated(
+                    "no client certificate (SigV4 is accepted on MQTT over WebSocket only)".into(),
+                ));
+            }
+        };
+        let verifier = Verifier::with_credentials(
+            self.region.as_str(),
+            ["iotdevicegateway"],
+            self.sigv4.values().map(|(c, _)| c.clone()),
+        )
+        .security_token_unsigned(true);
+        let request = SignedRequest {
+            method: "GET",
+            path: &upgrade.path,
+            query: &upgrade.query,
+            headers: &upgrade.headers,
+            body: b"",
+        };
+        let verified = verifier
+            .verify(&request, OffsetDateTime::now_utc())
+            .map_err(|e| Error::Unauthenticated(format!("SigV4: {} ({e})", e.json_code())))?;
+        let (_, device) = self.sigv4.get(&verified.access_key_id).ok_or_else(|| {
+            Error::Unauthenticated(format!("unknown access key {}", verified.access_key_id))
+        })?;
+        Ok(Authenticated::Password {
+            device: device.clone(),
+        })
     }
 
     /// Serves fleet provisioning by claim with `template`; may be called for several.
@@ -357,7 +422,14 @@ impl HubDialect for AwsHubDialect {
                 "client id longer than 128 bytes".into(),
             ));
         }
+        if hello.certificate.is_none() && !self.sigv4.is_empty() {
+            return self.authenticate_sigv4(hello);
+        }
         authenticate_certificate(hello, registry)
+    }
+
+    fn accepts_clients_without_certificate(&self) -> bool {
+        !self.sigv4.is_empty()
     }
 
     fn save_state(&self) -> Option<Value> {
