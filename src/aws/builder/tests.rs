@@ -120,7 +120,11 @@ fn transports_set_port_and_explicit_port_wins() {
 
 #[test]
 fn transport_names_round_trip() {
-    for t in [AwsTransport::Mqtt, AwsTransport::MqttAlpn443] {
+    for t in [
+        AwsTransport::Mqtt,
+        AwsTransport::MqttAlpn443,
+        AwsTransport::WebSocket,
+    ] {
         assert_eq!(t.to_string().parse::<AwsTransport>().unwrap(), t);
     }
     assert_eq!(
@@ -131,7 +135,14 @@ fn transport_names_round_trip() {
         "alpn".parse::<AwsTransport>().unwrap(),
         AwsTransport::MqttAlpn443
     );
-    assert_eq!(invalid_field("wss".parse::<AwsTransport>()), "transport");
+    assert_eq!(
+        "wss".parse::<AwsTransport>().unwrap(),
+        AwsTransport::WebSocket
+    );
+    assert_eq!(
+        invalid_field("carrier-pigeon".parse::<AwsTransport>()),
+        "transport"
+    );
 }
 
 #[test]
@@ -228,14 +239,14 @@ fn with_config_values_that_do_not_parse_fail_at_build_naming_the_key() {
     assert_eq!(field, "aws_iot_port");
     let (field, _) = invalid(
         minimal()
-            .with_config(AwsConfigKey::Transport, "websocket")
+            .with_config(AwsConfigKey::Transport, "smoke-signals")
             .build(),
     );
     assert_eq!(field, "aws_iot_transport");
     // The first bad value is the one reported.
     let (field, _) = invalid(
         minimal()
-            .with_config(AwsConfigKey::Transport, "websocket")
+            .with_config(AwsConfigKey::Transport, "smoke-signals")
             .with_config(AwsConfigKey::Port, "x")
             .build(),
     );
@@ -667,4 +678,33 @@ fn debug_redacts_secrets() {
         !printed.contains(secret) && !printed.contains(token),
         "{printed}"
     );
+}
+
+#[test]
+fn the_websocket_transport_needs_credentials_and_signs_a_fresh_url() {
+    use crate::device::Dialect as _;
+    let (field, _) = invalid(minimal().transport(AwsTransport::WebSocket).build());
+    assert_eq!(field, "credentials");
+    let aws = minimal()
+        .transport(AwsTransport::WebSocket)
+        .access_key_id("AKIDEXAMPLE")
+        .secret_access_key("secret")
+        .build()
+        .unwrap();
+    assert_eq!(aws.port(), 443);
+    let dialect = aws.dialect();
+    assert!(dialect.endpoint().alpn.is_empty());
+    let device = crate::identity::DeviceId::new("sensor-1").unwrap();
+    let url = dialect.websocket_url(&device).unwrap().unwrap();
+    assert!(
+        url.starts_with(&format!(
+            "wss://{}/mqtt?X-Amz-Algorithm=AWS4-HMAC-SHA256&",
+            aws.endpoint()
+        )),
+        "{url}"
+    );
+    assert!(url.contains("%2Fiotdevicegateway%2Faws4_request"), "{url}");
+    // MQTT over TLS has no WebSocket URL.
+    let tls = minimal().build().unwrap().dialect();
+    assert!(tls.websocket_url(&device).unwrap().is_none());
 }
