@@ -1019,6 +1019,29 @@ impl LocalHub {
         Ok(closed)
     }
 
+    /// Puts `device` in exactly the thing groups `groups`; the policies of its new groups
+    /// (and their parents) apply from its next action on, also on live connections.
+    pub fn set_device_groups(&self, device: &str, groups: &[&str]) -> Result<()> {
+        let mut unique: Vec<String> = Vec::new();
+        for g in groups {
+            if g.is_empty() || g.len() > 128 || g.contains(['/', '+', '#']) {
+                return Err(Error::invalid(
+                    "group",
+                    format!("{g:?}: 1-128 characters, no '/', '+' or '#'"),
+                ));
+            }
+            if !unique.iter().any(|u| u == g) {
+                unique.push(g.to_string());
+            }
+        }
+        self.shared
+            .registry
+            .write()
+            .expect("registry lock")
+            .set_device_groups(device, unique)?;
+        self.shared.save_admin()
+    }
+
     /// Registers `certificate` for `device` as ACTIVE; returns its id (SHA-256 fingerprint).
     pub fn register_certificate(&self, certificate: Certificate, device: &str) -> Result<String> {
         self.shared.register_certificate(certificate, device)

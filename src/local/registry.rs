@@ -88,6 +88,17 @@ impl Registry {
         self.devices.get(id)
     }
 
+    /// Replaces the thing groups `id` is in (each a valid group name).
+    pub(crate) fn set_device_groups(&mut self, id: &str, groups: Vec<String>) -> Result<()> {
+        let device = self
+            .devices
+            .get_mut(id)
+            .ok_or_else(|| not_found("device", id))?;
+        device.groups = groups;
+        self.policies.touch();
+        Ok(())
+    }
+
     pub(crate) fn set_device_enabled(&mut self, id: &str, enabled: bool) -> Result<()> {
         let device = self
             .devices

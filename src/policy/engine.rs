@@ -375,6 +375,12 @@ impl PolicyEngine {
         self.generation
     }
 
+    /// Marks that something principals are built from changed outside the engine (a
+    /// device's thing groups), so holders of a [`Principal`] rebuild it.
+    pub(crate) fn touch(&mut self) {
+        self.generation += 1;
+    }
+
     /// Creates policy `name` (version 1), or adds a new version and makes it the default.
     /// Keeps the last [`MAX_POLICY_VERSIONS`] versions. Returns the new version number.
     ///

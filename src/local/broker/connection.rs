@@ -631,9 +631,12 @@ impl Conn {
         let generation = self.shared.policy_generation();
         if generation != self.generation {
             let registry = self.shared.registry.read().expect("registry lock");
-            let fresh = registry
-                .policies()
-                .principal(self.principal.context().clone());
+            let mut context = self.principal.context().clone();
+            // The device's groups may have changed too.
+            if let Some(device) = registry.device(&self.device) {
+                context.groups = device.groups.clone();
+            }
+            let fresh = registry.policies().principal(context);
             drop(registry);
             self.principal = Arc::new(fresh);
             self.generation = generation;

@@ -55,11 +55,9 @@
 //!   `thingTypeName` is accepted. Thing names follow fleetkit's portable device-id rule.
 //! - **Thing groups** created here are recorded by the control plane; groups that devices
 //!   already carry in the registry exist too. Nested groups (`parentGroupName`) are refused.
-//!   Membership added with AddThingToThingGroup is kept by the control plane, and the
-//!   policies attached to the group are applied to the member device in the hub's policy
-//!   engine (each mirrored as a device attachment, kept in step on every attach, detach and
-//!   membership change), because the hub offers no way to change an existing device's
-//!   groups.
+//!   AddThingToThingGroup puts the device in the group in the hub's registry
+//!   ([`LocalHub::set_device_groups`]), so the group's policies apply to it at once, also on
+//!   live connections.
 //! - **Certificates exist before they belong to a thing.** Certificates made or registered
 //!   here are kept by the control plane (with their status and CA) until AttachThingPrincipal
 //!   names a thing; then they are registered in the hub for that device with their status.
@@ -748,10 +746,6 @@ struct PlaneState {
     certificates: HashMap<String, CertMeta>,
     cas: HashMap<String, CaMeta>,
     groups: BTreeMap<String, GroupMeta>,
-    /// device → groups it was added to here (beyond the groups of its registry record).
-    members: BTreeMap<String, BTreeSet<String>>,
-    /// device → policies attached to it in the hub on behalf of its groups here.
-    mirrored: BTreeMap<String, BTreeSet<String>>,
 }
 
 struct ControlPlane {
@@ -1141,13 +1135,9 @@ impl ControlPlane {
         Ok(Reply::Json(answer))
     }
 
-    /// The groups `device` is in: those of its registry record and those added here.
-    fn groups_of(&self, st: &PlaneState, device: &DeviceRecord) -> BTreeSet<String> {
-        let mut groups: BTreeSet<String> = device.groups.iter().cloned().collect();
-        if let Some(extra) = st.members.get(&device.id) {
-            groups.extend(extra.iter().cloned());
-        }
-        groups
+    /// The groups `device` is in (its registry record's).
+    fn groups_of(&self, _st: &PlaneState, device: &DeviceRecord) -> BTreeSet<String> {
+        device.groups.iter().cloned().collect()
     }
 
     fn list_thing_groups(&self, st: &PlaneState, name: &str) -> OpResult {
@@ -1289,63 +1279,12 @@ impl ControlPlane {
                 "thing group {group} does not exist"
             )));
         }
-        if !self.groups_of(st, &device).contains(&group) {
-            st.members.entry(thing.clone()).or_default().insert(group);
-            self.sync_group_policies(st, &thing)?;
+        if !device.groups.contains(&group) {
+            let mut groups: Vec<&str> = device.groups.iter().map(String::as_str).collect();
+            groups.push(&group);
+            self.hub.set_device_groups(&thing, &groups)?;
         }
         Ok(Reply::Json(json!({})))
-    }
-
-    /// Keeps the policies of `device`'s control-plane groups attached to it in the hub: the
-    /// hub evaluates only the groups of the registry record, which cannot be changed.
-    fn sync_group_policies(&self, st: &mut PlaneState, device: &str) -> Result<()> {
-        let record_groups: BTreeSet<String> = self
-            .device(device)
-            .map(|d| d.groups.into_iter().collect())
-            .unwrap_or_default();
-        let extra: Vec<String> = st
-            .members
-            .get(device)
-            .map(|g| g.difference(&record_groups).cloned().collect())
-            .unwrap_or_default();
-        let direct = AttachTarget::Device(device.to_string());
-        let (wanted, attached_directly) = self.hub.with_registry(|r| {
-            let engine = r.policies();
-            let mut wanted = BTreeSet::new();
-            let mut direct_set = BTreeSet::new();
-            for name in engine.policy_names() {
-                let targets = engine.targets_of(&name);
-                if targets.contains(&direct) {
-                    direct_set.insert(name.clone());
-                }
-                if extra
-                    .iter()
-                    .any(|g| targets.contains(&AttachTarget::Group(g.clone())))
-                {
-                    wanted.insert(name);
-                }
-            }
-            (wanted, direct_set)
-        });
-        let mirrored = st.mirrored.entry(device.to_string()).or_default();
-        for policy in wanted.difference(&mirrored.clone()) {
-            if attached_directly.contains(policy) {
-                continue; // attached to the device by someone else: leave it be
-            }
-            self.hub.attach_policy(policy, direct.clone())?;
-            mirrored.insert(policy.clone());
-        }
-        for policy in mirrored.clone().difference(&wanted) {
-            match self.hub.detach_policy(policy, &direct) {
-                Ok(()) | Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-            mirrored.remove(policy);
-        }
-        if mirrored.is_empty() {
-            st.mirrored.remove(device);
-        }
-        Ok(())
     }
 
     // --- Certificates ------------------------------------------------------------------------
@@ -1960,17 +1899,6 @@ impl ControlPlane {
             match self.hub.detach_policy(name, &hub_target) {
                 Ok(()) | Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
-            }
-        }
-        if let Target::ThingGroup(group) = &target {
-            let members: Vec<String> = st
-                .members
-                .iter()
-                .filter(|(_, groups)| groups.contains(group))
-                .map(|(device, _)| device.clone())
-                .collect();
-            for device in members {
-                self.sync_group_policies(st, &device)?;
             }
         }
         Ok(Reply::Empty)

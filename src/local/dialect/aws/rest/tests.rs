@@ -358,54 +358,44 @@ async fn arns_must_name_this_hub() {
 }
 
 #[tokio::test]
-async fn group_policies_are_mirrored_without_touching_direct_attachments() {
+async fn adding_a_thing_to_a_group_puts_it_in_the_registry_group() {
     let p = plane().await;
     let hub = p.hub.clone();
     let doc = PolicyDocument::from_json(ALLOW_ALL).unwrap();
     hub.put_policy("via-group", &doc).unwrap();
-    hub.put_policy("direct", &doc).unwrap();
     p.execute(Op::CreateThing("dev-1".into()), &Call::default())
-        .unwrap();
-    hub.attach_policy("direct", AttachTarget::Device("dev-1".into()))
         .unwrap();
     p.execute(Op::CreateThingGroup("g".into()), &Call::default())
         .unwrap();
     let target = json!({"target": "arn:aws:iot:us-east-1:123456789012:thinggroup/g"});
-    for policy in ["via-group", "direct"] {
-        p.execute(Op::AttachPolicy(policy.into()), &call("", target.clone()))
-            .unwrap();
-    }
     p.execute(
-        Op::AddThingToThingGroup,
-        &call("", json!({"thingGroupName": "g", "thingName": "dev-1"})),
+        Op::AttachPolicy("via-group".into()),
+        &call("", target.clone()),
     )
     .unwrap();
+    for _ in 0..2 {
+        // Twice: the second changes nothing.
+        p.execute(
+            Op::AddThingToThingGroup,
+            &call("", json!({"thingGroupName": "g", "thingName": "dev-1"})),
+        )
+        .unwrap();
+    }
+    let groups = hub.with_registry(|r| r.device("dev-1").unwrap().groups.clone());
+    assert_eq!(groups, vec!["g".to_string()]);
+    // The policy stays attached to the group only, never copied onto the device.
     let device = AttachTarget::Device("dev-1".into());
-    let attached =
-        |name: &str| hub.with_registry(|r| r.policies().targets_of(name).contains(&device));
-    assert!(attached("via-group"));
-    assert!(attached("direct"));
-    assert_eq!(
-        p.state.lock().unwrap().mirrored["dev-1"],
-        BTreeSet::from(["via-group".to_string()])
-    );
-
-    // Detaching from the group removes the mirror, never the direct attachment.
-    for policy in ["via-group", "direct"] {
-        p.execute(Op::DetachPolicy(policy.into()), &call("", target.clone()))
-            .unwrap();
-    }
-    assert!(!attached("via-group"));
-    assert!(attached("direct"));
-    assert!(p.state.lock().unwrap().mirrored.is_empty());
-
-    // Adding a member twice changes nothing.
-    p.execute(
+    assert!(!hub.with_registry(|r| r.policies().targets_of("via-group").contains(&device)));
+    // An unknown group or thing is a 404 and changes nothing.
+    let missing = p.execute(
         Op::AddThingToThingGroup,
-        &call("", json!({"thingGroupName": "g", "thingName": "dev-1"})),
-    )
-    .unwrap();
-    assert_eq!(p.state.lock().unwrap().members["dev-1"].len(), 1);
+        &call("", json!({"thingGroupName": "nope", "thingName": "dev-1"})),
+    );
+    assert_eq!(missing.unwrap_err().code, "ResourceNotFoundException");
+    assert_eq!(
+        hub.with_registry(|r| r.device("dev-1").unwrap().groups.clone()),
+        vec!["g".to_string()]
+    );
 }
 
 #[tokio::test]
