@@ -15,7 +15,7 @@
 //!   [`queue_telemetry`](DeviceClient::queue_telemetry) and its [`Receipt`] is awaited.
 //! - **rumqttc**: `AsyncClient` + `EventLoop` with the options `DeviceClient` gives its own
 //!   rumqttc (in-flight 64, request channel 64 + 64, persistent session, keep-alive 30 s,
-//!   manual acks, default network options) and the same TLS configuration
+//!   manual acks, TCP_NODELAY) and the same TLS configuration
 //!   ([`fleetkit::device::tls_config`]). A task calls `AsyncClient::publish` on
 //!   `devices/bench-device/telemetry`; the bench polls the event loop, counting
 //!   `Incoming::PubAck`.
@@ -481,6 +481,10 @@ async fn puback(ev: &mut EventLoop) -> Result<(), String> {
 /// polls the event loop and counts PUBACKs.
 async fn raw_run(target: Target, qos: u8, msgs: usize) -> Result<Run, String> {
     let (client, mut ev) = AsyncClient::new(raw_options(&target)?, usize::from(WINDOW) + 64);
+    // As DeviceClient does.
+    let mut network = ev.network_options();
+    network.set_tcp_nodelay(true);
+    ev.set_network_options(network);
     loop {
         match ev.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {

@@ -57,64 +57,7 @@ pub(crate) fn classify(thing: &str, topic: &str, payload: &Bytes) -> Option<Inbo
     })
 }
 
-/// A job execution's status.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum JobStatus {
-    /// Waiting for the device.
-    Queued,
-    /// Started by the device.
-    InProgress,
-    /// The device reported failure.
-    Failed,
-    /// The device reported success.
-    Succeeded,
-    /// Canceled from the cloud side.
-    Canceled,
-    /// A step timeout expired.
-    TimedOut,
-    /// The device refused it.
-    Rejected,
-    /// Removed from the cloud side.
-    Removed,
-}
-
-impl JobStatus {
-    /// AWS's name: `QUEUED`, `IN_PROGRESS`, ….
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "QUEUED",
-            JobStatus::InProgress => "IN_PROGRESS",
-            JobStatus::Failed => "FAILED",
-            JobStatus::Succeeded => "SUCCEEDED",
-            JobStatus::Canceled => "CANCELED",
-            JobStatus::TimedOut => "TIMED_OUT",
-            JobStatus::Rejected => "REJECTED",
-            JobStatus::Removed => "REMOVED",
-        }
-    }
-
-    /// Parses AWS's name.
-    pub fn from_aws(name: &str) -> Option<Self> {
-        Some(match name {
-            "QUEUED" => JobStatus::Queued,
-            "IN_PROGRESS" => JobStatus::InProgress,
-            "FAILED" => JobStatus::Failed,
-            "SUCCEEDED" => JobStatus::Succeeded,
-            "CANCELED" => JobStatus::Canceled,
-            "TIMED_OUT" => JobStatus::TimedOut,
-            "REJECTED" => JobStatus::Rejected,
-            "REMOVED" => JobStatus::Removed,
-            _ => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for JobStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::lifecycle::jobs::JobStatus;
 
 /// One job execution, as AWS describes it.
 #[non_exhaustive]
@@ -143,7 +86,7 @@ impl JobExecution {
         let status = value
             .get("status")
             .and_then(Value::as_str)
-            .and_then(JobStatus::from_aws)
+            .and_then(JobStatus::from_wire)
             .ok_or_else(|| bad("no known status"))?;
         Ok(JobExecution {
             job_id: value
@@ -368,7 +311,7 @@ impl<'a> Jobs<'a> {
             status: state
                 .get("status")
                 .and_then(Value::as_str)
-                .and_then(JobStatus::from_aws)
+                .and_then(JobStatus::from_wire)
                 .unwrap_or(update.status),
             version_number: state
                 .get("versionNumber")

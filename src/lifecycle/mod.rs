@@ -11,6 +11,8 @@
 //!   twin.
 //! - [`campaign`] (feature `device`; the local hub implements its backend with `local`):
 //!   rotation campaigns — selection, canary and waves, failure threshold, resumable state file.
+//! - [`jobs`]: the status of a job execution (AWS IoT Jobs' model), shared by the AWS
+//!   device client and the hub's jobs service.
 //! - [`audit`]: Device Defender's certificate checks over a fleet inventory (the local hub
 //!   builds one with `LocalHub::inventory`).
 
@@ -20,6 +22,7 @@ pub mod audit;
 #[cfg(feature = "device")]
 pub mod campaign;
 pub mod enrollment;
+pub mod jobs;
 #[cfg(feature = "device")]
 pub mod provision;
 #[cfg(feature = "device")]

@@ -196,8 +196,7 @@ impl fmt::Debug for AdminToken {
 pub struct AdminServer {
     addr: SocketAddr,
     token: AdminToken,
-    stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl fmt::Debug for AdminServer {
@@ -243,14 +242,12 @@ impl AdminServer {
             token: token.clone(),
             url: format!("https://{addr}"),
         });
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, tls, router(state), stopped));
+        let serving = Serving::start(listener, tls, router(state));
         tracing::info!(%addr, "admin API listening");
         Ok(AdminServer {
             addr,
             token,
-            stop,
-            task: Some(task),
+            serving,
         })
     }
 
@@ -270,21 +267,8 @@ impl AdminServer {
     }
 
     /// Stops accepting, lets requests in flight finish (up to a few seconds), and returns.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            // Aborting the accept loop drops its JoinSet, which aborts every connection.
-            task.abort();
-        }
+    pub async fn shutdown(self) {
+        self.serving.shutdown().await;
     }
 }
 
@@ -304,7 +288,48 @@ pub(crate) fn server_config(hub: &LocalHub) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-pub(crate) async fn accept_loop(
+/// An HTTPS server's accept loop and the switch that stops it: shutting down lets requests
+/// in flight finish (a few seconds at most); dropping aborts every connection.
+pub(crate) struct Serving {
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Serves `router` on `listener` with `tls` until stopped.
+    pub(crate) fn start(
+        listener: TcpListener,
+        tls: tokio_rustls::TlsAcceptor,
+        router: Router,
+    ) -> Serving {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, tls, router, stopped));
+        Serving {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops accepting, lets requests in flight finish, and returns.
+    pub(crate) async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            // Aborting the accept loop drops its JoinSet, which aborts every connection.
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(
     listener: TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     router: Router,

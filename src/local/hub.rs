@@ -600,42 +600,10 @@ impl LocalHubBuilder {
             .await
             .map_err(|e| Error::io(format!("{}", self.bind), e))?;
         let addr = listener.local_addr()?;
-        let (websocket_addr, websocket_task) = match websocket_config {
-            Some(config) => {
-                let bind = SocketAddr::new(self.bind.ip(), 0);
-                let listener = TcpListener::bind(bind)
-                    .await
-                    .map_err(|e| Error::io(format!("{bind}"), e))?;
-                (
-                    Some(listener.local_addr()?),
-                    Some(spawn_listener(
-                        listener,
-                        config,
-                        shared.clone(),
-                        Transport::WebSocket,
-                    )),
-                )
-            }
-            None => (None, None),
-        };
-        let (https_addr, https_task) = match https_config {
-            Some(config) => {
-                let bind = SocketAddr::new(self.bind.ip(), 0);
-                let listener = TcpListener::bind(bind)
-                    .await
-                    .map_err(|e| Error::io(format!("{bind}"), e))?;
-                (
-                    Some(listener.local_addr()?),
-                    Some(spawn_listener(
-                        listener,
-                        config,
-                        shared.clone(),
-                        Transport::Https,
-                    )),
-                )
-            }
-            None => (None, None),
-        };
+        let (websocket_addr, websocket_task) =
+            side_listener(self.bind, websocket_config, &shared, Transport::WebSocket).await?;
+        let (https_addr, https_task) =
+            side_listener(self.bind, https_config, &shared, Transport::Https).await?;
         let (tcp_addr, tcp_task) = match self.tcp {
             Some(bind) => {
                 let listener = TcpListener::bind(bind)
@@ -663,6 +631,27 @@ impl LocalHubBuilder {
             flusher,
         })
     }
+}
+
+/// A listener on a free port of `bind`'s address serving `transport` with `config`, if
+/// there is a config: its address and task.
+async fn side_listener(
+    bind: SocketAddr,
+    config: Option<Arc<rustls::ServerConfig>>,
+    shared: &Arc<Shared>,
+    transport: Transport,
+) -> Result<(Option<SocketAddr>, Option<JoinHandle<()>>)> {
+    let Some(config) = config else {
+        return Ok((None, None));
+    };
+    let bind = SocketAddr::new(bind.ip(), 0);
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| Error::io(format!("{bind}"), e))?;
+    Ok((
+        Some(listener.local_addr()?),
+        Some(spawn_listener(listener, config, shared.clone(), transport)),
+    ))
 }
 
 /// Accepts plain TCP connections on `listener` until shutdown and serves MQTT on each.

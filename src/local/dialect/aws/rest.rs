@@ -135,12 +135,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::auth::sigv4::{AwsCredentials, SigV4Error, SignedRequest, Verifier};
 use crate::identity::{Signer as _, SoftwareKey};
-use crate::local::admin::{accept_loop, server_config};
+use crate::local::admin::{Serving, server_config};
 use crate::local::{CaStatus, CertificateState, DeviceRecord, LocalHub};
 use crate::pki::{Certificate, DeviceCsr};
 use crate::policy::{AttachTarget, PolicyDocument};
@@ -334,8 +332,7 @@ pub struct AwsControlPlane {
     addr: SocketAddr,
     region: String,
     account_id: String,
-    stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl fmt::Debug for AwsControlPlane {
@@ -367,15 +364,13 @@ impl AwsControlPlane {
         let addr = listener.local_addr()?;
         let plane = Arc::new(ControlPlane::new(hub, &options)?);
         let router = Router::new().fallback(handle).with_state(plane);
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, tls, router, stopped));
+        let serving = Serving::start(listener, tls, router);
         tracing::info!(%addr, region = %options.region, "AWS IoT control plane listening");
         Ok(AwsControlPlane {
             addr,
             region: options.region,
             account_id: options.account_id,
-            stop,
-            task: Some(task),
+            serving,
         })
     }
 
@@ -400,20 +395,9 @@ impl AwsControlPlane {
     }
 
     /// Stops accepting, lets requests in flight finish (up to a few seconds), and returns.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for AwsControlPlane {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    /// Dropping it stops it at once.
+    pub async fn shutdown(self) {
+        self.serving.shutdown().await;
     }
 }
 
