@@ -513,3 +513,30 @@ async fn shadows_and_jobs_survive_a_restart() {
         Err(fleetkit::Error::NotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn clients_without_sni_are_refused_in_the_handshake() {
+    let (hub, creds) = hub_with(&["thing-1"]).await;
+    let mut events = hub.events();
+    // Dialling the IP address: rustls sends no server name.
+    let config = support::client_config(&hub, &creds[0], &[]);
+    let mut opts = MqttOptions::new("thing-1", "127.0.0.1", hub.mqtt_addr().port());
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+    let (_c, mut ev) = AsyncClient::new(opts, 10);
+    assert!(connack(&mut ev).await.is_err());
+    let reason = timeout(Duration::from_secs(5), async {
+        loop {
+            if let fleetkit::local::HubEvent::AuthFailure { reason, .. } =
+                events.recv().await.unwrap()
+            {
+                return reason;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(reason.contains("TLS handshake failed"), "{reason}");
+    // The same client naming the server gets in.
+    let (_c, mut ev) = AsyncClient::new(options(&hub, "thing-1", &creds[0]), 10);
+    assert_eq!(connack(&mut ev).await, Ok(ConnectReturnCode::Success));
+}

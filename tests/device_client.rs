@@ -233,10 +233,8 @@ async fn an_unreachable_hub_or_an_untrusted_one_fails_connect_with_a_typed_error
     .connect()
     .await
     .unwrap_err();
-    assert!(
-        matches!(err, Error::Unavailable(_) | Error::Unauthenticated(_)),
-        "{err:?}"
-    );
+    // Our side distrusts the server: a typed chain error, not a refusal by the hub.
+    assert!(matches!(err, Error::Untrusted(_)), "{err:?}");
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
@@ -285,4 +283,50 @@ async fn an_acknowledged_twin_change_survives_a_hub_restart() {
     assert_eq!(twin.version(), d);
     assert_eq!(twin.reported()["firmware"], "2.1");
     assert_eq!(twin.desired()["interval"], 5);
+}
+
+/// The endpoint's server name, not the dialled address, is what the server certificate must
+/// name: dialling 127.0.0.1 while expecting "localhost" works, expecting another name fails as
+/// untrusted.
+#[tokio::test]
+async fn the_server_name_override_is_what_the_certificate_must_name() {
+    let hub = LocalHub::builder().start().await.unwrap();
+    hub.put_policy("device", &builtin::native_device()).unwrap();
+    hub.create_device(DeviceRecord::new("dev-1")).unwrap();
+    hub.attach_policy("device", AttachTarget::Device("dev-1".into()))
+        .unwrap();
+    let credential = hub.issue_device_credential("dev-1").unwrap();
+    let endpoint = |name: &str| {
+        let mut e = Endpoint::new(
+            "127.0.0.1",
+            hub.mqtt_addr().port(),
+            vec![hub.ca_certificate().der().clone()],
+        );
+        e.server_name = name.to_string();
+        e
+    };
+    let client = DeviceClient::builder(
+        NativeDialect::with_endpoint(endpoint("localhost")),
+        DeviceId::new("dev-1").unwrap(),
+    )
+    .credential(credential.clone())
+    .connect()
+    .await
+    .unwrap();
+    client.shutdown(Duration::from_secs(2)).await;
+    let refused = DeviceClient::builder(
+        NativeDialect::with_endpoint(endpoint("hub.example.com")),
+        DeviceId::new("dev-1").unwrap(),
+    )
+    .credential(credential)
+    .connect_timeout(Duration::from_secs(3))
+    .connect()
+    .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::Untrusted(fleetkit::pki::ChainError::WrongName(_)))
+        ),
+        "{refused:?}"
+    );
 }

@@ -553,10 +553,38 @@ fn connection_error(e: &ConnectionError) -> (Error, bool) {
             };
             (err, refused)
         }
-        ConnectionError::Tls(t) => (
-            Error::Unauthenticated(format!("TLS handshake failed: {t}")),
-            true,
-        ),
+        ConnectionError::Tls(t) => {
+            // Our side refusing the server's certificate is distrust, not a refusal of us.
+            let invalid = match t {
+                rumqttc::TlsError::Io(io) => io
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<rustls::Error>())
+                    .and_then(|e| match e {
+                        rustls::Error::InvalidCertificate(c) => Some(c.clone()),
+                        _ => None,
+                    }),
+                rumqttc::TlsError::TLS(rustls::Error::InvalidCertificate(c)) => Some(c.clone()),
+                _ => None,
+            };
+            if let Some(reason) = invalid {
+                use crate::pki::ChainError;
+                use rustls::CertificateError as C;
+                let chain = match reason {
+                    C::UnknownIssuer => ChainError::UnknownIssuer,
+                    C::BadSignature => ChainError::BadSignature,
+                    C::NotValidForName | C::NotValidForNameContext { .. } => {
+                        ChainError::WrongName(t.to_string())
+                    }
+                    other => ChainError::Malformed(format!("the server's certificate: {other:?}")),
+                };
+                (Error::Untrusted(chain), false)
+            } else {
+                (
+                    Error::Unauthenticated(format!("TLS handshake failed: {t}")),
+                    true,
+                )
+            }
+        }
         ConnectionError::Io(io)
         | ConnectionError::MqttState(rumqttc::StateError::Io(io))
         | ConnectionError::MqttState(rumqttc::StateError::Deserialization(

@@ -596,6 +596,16 @@ impl LocalHubBuilder {
             ],
             self.dialect.accepts_clients_without_certificate(),
         )?;
+        let sni = |c: Arc<rustls::ServerConfig>| {
+            if self.dialect.requires_sni() {
+                super::tls::require_sni(c)
+            } else {
+                c
+            }
+        };
+        let config = sni(config);
+        let https_config = https_config.map(sni);
+        let websocket_config = websocket_config.map(sni);
         let listener = TcpListener::bind(self.bind)
             .await
             .map_err(|e| Error::io(format!("{}", self.bind), e))?;

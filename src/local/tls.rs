@@ -689,6 +689,25 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
+/// `config`, refusing clients that send no SNI (server name) in their hello — as AWS IoT
+/// Core does; a client that connects to an IP address sends none.
+pub(crate) fn require_sni(config: Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut config = (*config).clone();
+    config.cert_resolver = Arc::new(SniRequired(config.cert_resolver.clone()));
+    Arc::new(config)
+}
+
+/// A certificate resolver that answers only hellos naming a server.
+#[derive(Debug)]
+struct SniRequired(Arc<dyn rustls::server::ResolvesServerCert>);
+
+impl rustls::server::ResolvesServerCert for SniRequired {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        hello.server_name()?;
+        self.0.resolve(hello)
+    }
+}
+
 /// How long the hub's server certificate is valid (cut to the CA's own validity).
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 /// How far its notBefore is set back, for clients whose clock is slightly behind.

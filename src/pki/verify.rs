@@ -50,6 +50,9 @@ pub enum ChainError {
     NameConstraints,
     /// A certificate, CRL or extension could not be parsed or uses something unsupported.
     Malformed(String),
+    /// A server certificate does not name the server that was asked for (the details say
+    /// which names it has).
+    WrongName(String),
 }
 
 impl fmt::Display for ChainError {
@@ -77,6 +80,7 @@ impl fmt::Display for ChainError {
             ChainError::PathLenExceeded => f.write_str("a CA's path length constraint is exceeded"),
             ChainError::NameConstraints => f.write_str("a CA's name constraints are violated"),
             ChainError::Malformed(why) => write!(f, "malformed or unsupported: {why}"),
+            ChainError::WrongName(why) => write!(f, "not valid for the server's name: {why}"),
         }
     }
 }

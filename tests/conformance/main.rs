@@ -65,8 +65,7 @@ impl Backend for Aws {
     fn dialect(&self, hub: &LocalHub) -> Arc<dyn Dialect> {
         let aws = fleetkit::aws::AwsIot::builder()
             .region("us-east-1")
-            .endpoint("127.0.0.1")
-            .server_name("localhost")
+            .endpoint("localhost")
             .transport(fleetkit::aws::AwsTransport::MqttAlpn443)
             .port(hub.mqtt_addr().port())
             .root_ca(hub.ca_certificate())

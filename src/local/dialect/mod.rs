@@ -522,6 +522,12 @@ pub trait HubDialect: Send + Sync + 'static {
         DeniedPublish::Disconnect
     }
 
+    /// Whether TLS clients must name the server (SNI) in their hello; those that do not are
+    /// refused in the handshake (AWS IoT Core). Default `false`.
+    fn requires_sni(&self) -> bool {
+        false
+    }
+
     /// What QoS 2 publishes and subscriptions get. Default [`Qos2::Downgrade`].
     fn qos2(&self) -> Qos2 {
         Qos2::Downgrade

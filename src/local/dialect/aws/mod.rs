@@ -4,7 +4,8 @@
 //! What it speaks (facts from AWS's documentation and service models, see the repository's
 //! `reference/PROTOCOLS.md` §1):
 //!
-//! - **Connect**: mutual TLS with a registered, `ACTIVE` certificate; the username may carry
+//! - **Connect**: TLS with SNI (a client without a server name is refused in the
+//!   handshake), mutual TLS with a registered, `ACTIVE` certificate; the username may carry
 //!   the SDKs' `?SDK=…&Version=…` metrics and is ignored; client ids must not start with `$`;
 //!   a second connection with the same client id takes over (the old one is dropped with
 //!   `DUPLICATE_CLIENTID`); keep-alive below 30 s counts as 30 s, above 1200 s as 1200 s.
@@ -493,6 +494,11 @@ impl HubDialect for AwsHubDialect {
 
     fn qos2(&self) -> Qos2 {
         Qos2::Unanswered
+    }
+
+    /// AWS refuses TLS connections without SNI.
+    fn requires_sni(&self) -> bool {
+        true
     }
 
     fn retained_on_wildcard_subscribe(&self) -> bool {
