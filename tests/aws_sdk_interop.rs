@@ -4,7 +4,8 @@
 //! The SDK connects with mutual TLS (its username carries `?SDK=PythonV2&Version=…`),
 //! subscribes through its own shadow client, reports, desires, is refused a stale version and
 //! malformed JSON with AWS's codes, receives a delta caused by a cloud-side change, reads the
-//! document back and uses a named shadow. The script is `tests/python/aws_sdk_shadow.py`.
+//! document back and uses a named shadow (`tests/python/aws_sdk_shadow.py`); and it runs
+//! the Jobs flow with its own jobs client (`tests/python/aws_sdk_jobs.py`).
 //!
 //! Needs Python 3 with `awsiotsdk` (`python3 -m pip install awsiotsdk`; `.ci/run` installs it
 //! in a virtual environment). The interpreter is `$FLEETKIT_PYTHON`, or `python3`. Without the
@@ -197,4 +198,95 @@ async fn official_python_sdk_shadow_flow() {
             "{e:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_jobs_flow() {
+    use fleetkit::local::dialect::aws::jobs::{JobSpec, JobStatus};
+    let python = interpreter();
+    let aws = std::sync::Arc::new(AwsHubDialect::new());
+    let hub = LocalHub::builder()
+        .dialect_shared(aws.clone())
+        .start()
+        .await
+        .unwrap();
+    hub.put_policy("device", &builtin::aws_device()).unwrap();
+    hub.attach_policy("device", AttachTarget::Group("fleet".into()))
+        .unwrap();
+    let thing = "py-pump-1";
+    hub.create_device(DeviceRecord::new(thing).in_group("fleet"))
+        .unwrap();
+    let cred = hub.issue_device_credential(thing).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("ca.pem"), hub.ca_certificate().to_pem()).unwrap();
+    std::fs::write(d.join("cert.pem"), cred.chain_pem()).unwrap();
+    let der = cred.signer().export_pkcs8_der().unwrap();
+    fleetkit::identity::SoftwareKey::from_pkcs8_der(&der)
+        .unwrap()
+        .write_pkcs8_pem(d.join("key.pem"))
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/aws_sdk_jobs.py");
+    let mut child = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg("localhost")
+        .arg(hub.mqtt_addr().port().to_string())
+        .arg(thing)
+        .arg(d.join("cert.pem"))
+        .arg(d.join("key.pem"))
+        .arg(d.join("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut steps: HashMap<String, Value> = HashMap::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON step line ({e}): {line}"));
+            let step = v["step"].as_str().unwrap().to_string();
+            assert_ne!(step, "error", "the SDK script failed: {v}");
+            if step == "ready" {
+                aws.create_job(JobSpec::new(
+                    "firmware-7",
+                    json!({"operation": "update", "url": "https://example.com/fw-7.bin"}),
+                    vec![thing.to_string()],
+                ))
+                .unwrap();
+                stdin.write_all(b"go\n").await.unwrap();
+                stdin.flush().await.unwrap();
+            }
+            steps.insert(step, v);
+        }
+    })
+    .await;
+    let status = child.wait().await.unwrap();
+    if outcome.is_err() || !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use tokio::io::AsyncReadExt as _;
+            let _ = e.read_to_string(&mut err).await;
+        }
+        panic!("the SDK script did not finish: {status:?}\nsteps: {steps:?}\nstderr:\n{err}");
+    }
+    assert_eq!(steps["notify_next"]["job_id"], "firmware-7");
+    assert_eq!(steps["notify_next"]["status"], "QUEUED");
+    assert_eq!(steps["started"]["job_id"], "firmware-7");
+    assert_eq!(steps["started"]["status"], "IN_PROGRESS");
+    assert_eq!(steps["started"]["version"], 2);
+    assert_eq!(steps["started"]["document"]["operation"], "update");
+    assert_eq!(steps["started"]["details"], json!({"step": "download"}));
+    assert_eq!(steps["succeeded"]["status"], "SUCCEEDED");
+    assert_eq!(steps["succeeded"]["version"], 3);
+    assert_eq!(steps["stale"]["code"], "VersionMismatch");
+    assert_eq!(steps["empty"]["execution"], false);
+    assert!(steps.contains_key("done"));
+    assert_eq!(
+        aws.jobs().executions("firmware-7").unwrap(),
+        vec![(thing.to_string(), JobStatus::Succeeded)]
+    );
 }
