@@ -32,9 +32,10 @@ struct Env {
 }
 
 async fn start() -> Env {
+    let aws = Arc::new(AwsHubDialect::new());
     let hub = Arc::new(
         LocalHub::builder()
-            .dialect(AwsHubDialect::new())
+            .dialect_shared(aws.clone())
             .start()
             .await
             .unwrap(),
@@ -44,7 +45,8 @@ async fn start() -> Env {
         ControlPlaneOptions::new()
             .region("eu-west-1")
             .credentials(AwsCredentials::new(AKID, SECRET))
-            .endpoint_address("localhost"),
+            .endpoint_address("localhost")
+            .provisioning(aws),
     )
     .await
     .unwrap();
@@ -244,5 +246,104 @@ async fn fleet_put_bad_policy_is_refused(admin: &fleetkit::aws::AwsAdmin) {
             Err(Error::InvalidInput { .. } | Error::NotSupported(_))
         ),
         "{result:?}"
+    );
+}
+
+/// AWS's fleet provisioning set up entirely through the control plane — policies, a claim
+/// certificate made by the service, a provisioning template from AWS's template JSON — then
+/// a device provisions itself by claim and connects as the thing the template made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_provisioning_set_up_through_the_control_plane() {
+    let env = start().await;
+    let aws = config(&env, SECRET);
+    let admin = aws.admin().unwrap();
+    admin
+        .put_policy("device", &builtin::aws_device())
+        .await
+        .unwrap();
+    let claim_policy = fleetkit::policy::PolicyDocument::from_json(
+        r#"{"Version":"2012-10-17","Statement":[
+          {"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:*:*:client/claim-*"},
+          {"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":[
+            "arn:aws:iot:*:*:topic/$aws/certificates/create-from-csr/*",
+            "arn:aws:iot:*:*:topic/$aws/provisioning-templates/meters/provision/*"]},
+          {"Effect":"Allow","Action":"iot:Subscribe","Resource":[
+            "arn:aws:iot:*:*:topicfilter/$aws/certificates/create-from-csr/*",
+            "arn:aws:iot:*:*:topicfilter/$aws/provisioning-templates/meters/provision/*"]}]}"#,
+    )
+    .unwrap();
+    admin.put_policy("claim", &claim_policy).await.unwrap();
+    admin
+        .create_device(DeviceRecord::new("factory-claim"))
+        .await
+        .unwrap();
+    let claim = admin.create_keys_and_certificate(true).await.unwrap();
+    admin
+        .attach_thing_principal("factory-claim", claim.certificate_arn())
+        .await
+        .unwrap();
+    admin
+        .attach_policy(
+            "claim",
+            AttachTarget::Certificate(claim.certificate_id().to_string()),
+        )
+        .await
+        .unwrap();
+    let body = json!({
+        "Parameters": {"SerialNumber": {"Type": "String"}},
+        "Resources": {
+            "thing": {"Type": "AWS::IoT::Thing", "Properties": {
+                "ThingName": {"Fn::Join": ["", ["meter-", {"Ref": "SerialNumber"}]]},
+                "ThingGroups": ["meters"],
+                "AttributePayload": {"serial": {"Ref": "SerialNumber"}}}},
+            "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"}},
+            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "device"}}
+        }
+    });
+    let role = "arn:aws:iam::123456789012:role/Provisioning";
+    let arn = admin
+        .create_provisioning_template("meters", &body, role)
+        .await
+        .unwrap();
+    assert!(arn.ends_with(":provisioningtemplate/meters"), "{arn}");
+    assert!(matches!(
+        admin
+            .create_provisioning_template("meters", &body, role)
+            .await,
+        Err(Error::AlreadyExists { .. })
+    ));
+    // What the hub cannot carry out is refused, naming the place.
+    let inline = json!({"Resources": {"thing": {"Type": "AWS::IoT::Thing",
+        "Properties": {"ThingName": "x", "ThingTypeName": "meter"}}}});
+    match admin
+        .create_provisioning_template("bad", &inline, role)
+        .await
+    {
+        Err(Error::InvalidInput { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+
+    // The device, first boot: only the claim.
+    let key = SoftwareKey::from_pem(claim.private_key_pem()).unwrap();
+    let claim_credential =
+        X509Credential::from_pem(claim.certificate_pem(), Arc::new(key)).unwrap();
+    let request = fleetkit::lifecycle::provision::ProvisionRequest::with_device_key(
+        DeviceId::new("meter-SN77").unwrap(),
+        Arc::new(SoftwareKey::generate_p256().unwrap()),
+    )
+    .parameter("SerialNumber", "SN77");
+    use fleetkit::lifecycle::provision::Provisioner as _;
+    let identity = aws
+        .claim_provisioner(claim_credential, "meters")
+        .provision(&request)
+        .await
+        .unwrap();
+    assert_eq!(identity.device_id.as_str(), "meter-SN77");
+    let record = admin.device("meter-SN77").await.unwrap();
+    assert_eq!(record.groups, vec!["meters".to_string()]);
+    assert_eq!(
+        record.attributes,
+        vec![("serial".to_string(), "SN77".to_string())]
     );
 }

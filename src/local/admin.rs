@@ -1441,7 +1441,9 @@ mod tests {
         let api = Api::start().await;
         let create = Some(r#"{"id": "intruder"}"#);
         let token = api.admin.token().expose_secret().to_string();
-        let wrong = format!("{}A", &token[..token.len() - 1]);
+        // The real token with its last character changed (to one it is not).
+        let last = if token.ends_with('A') { 'B' } else { 'A' };
+        let wrong = format!("{}{last}", &token[..token.len() - 1]);
         for presented in [None, Some("nope"), Some(wrong.as_str()), Some("")] {
             let (status, body) = api
                 .call_with(presented, "POST", "/v1/devices", create)

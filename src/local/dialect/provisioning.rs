@@ -163,6 +163,224 @@ impl ProvisioningTemplate {
         &self.name
     }
 
+    /// A template from an AWS fleet-provisioning template body (the JSON of
+    /// CreateProvisioningTemplate's `templateBody`), in the subset the hub can carry out:
+    ///
+    /// - `Parameters`: names (type `String`);
+    /// - exactly one `AWS::IoT::Thing` resource: `ThingName` as a literal, `{"Ref": p}` or
+    ///   `{"Fn::Join": ["", [literal | {"Ref": p}, …]]}`; `ThingGroups` as literals;
+    ///   `AttributePayload` values as `{"Ref": p}`;
+    /// - `AWS::IoT::Certificate` with `CertificateId` `{"Ref": "AWS::IoT::Certificate::Id"}`
+    ///   and `Status` `ACTIVE`;
+    /// - `AWS::IoT::Policy` naming an existing policy (`PolicyName`, a literal);
+    /// - `DeviceConfiguration`: literal values (returned to the device).
+    ///
+    /// Anything else (inline policy documents, thing types, `Fn::` functions other than
+    /// `Join`, conditions, `OverrideSettings`) is [`Error::InvalidInput`] naming the place.
+    pub fn from_aws_template_body(name: &str, body: &Value) -> Result<Self> {
+        let bad =
+            |place: &str, why: &str| Error::invalid("templateBody", format!("{place}: {why}"));
+        let Value::Object(top) = body else {
+            return Err(bad("the body", "must be a JSON object"));
+        };
+        let mut parameters: Vec<String> = Vec::new();
+        if let Some(p) = top.get("Parameters") {
+            let Value::Object(p) = p else {
+                return Err(bad("Parameters", "must be an object"));
+            };
+            for (k, v) in p {
+                match v.get("Type").and_then(Value::as_str) {
+                    Some("String") | None => parameters.push(k.clone()),
+                    Some(other) => {
+                        return Err(bad(
+                            &format!("Parameters.{k}.Type"),
+                            &format!("{other:?} is not supported (String only)"),
+                        ));
+                    }
+                }
+            }
+        }
+        let reference = |place: &str, v: &Value| -> Result<String> {
+            match v.get("Ref").and_then(Value::as_str) {
+                Some(p) if v.as_object().map(Map::len) == Some(1) => {
+                    if parameters.iter().any(|q| q == p) {
+                        Ok(p.to_string())
+                    } else {
+                        Err(bad(
+                            place,
+                            &format!("Ref to {p:?}, which is not a declared parameter"),
+                        ))
+                    }
+                }
+                _ => Err(bad(place, "expected {\"Ref\": \"<parameter>\"}")),
+            }
+        };
+        // A name pattern with {Parameter} placeholders.
+        let pattern = |place: &str, v: &Value| -> Result<String> {
+            let piece = |v: &Value| -> Result<String> {
+                match v {
+                    Value::String(s) if !s.contains(['{', '}']) => Ok(s.clone()),
+                    Value::String(_) => Err(bad(place, "braces are not allowed in names")),
+                    other => Ok(format!("{{{}}}", reference(place, other)?)),
+                }
+            };
+            match v.get("Fn::Join") {
+                Some(Value::Array(args)) if args.len() == 2 => {
+                    if args[0] != Value::String(String::new()) {
+                        return Err(bad(place, "Fn::Join with a separator other than \"\""));
+                    }
+                    let Value::Array(parts) = &args[1] else {
+                        return Err(bad(place, "Fn::Join needs a list of parts"));
+                    };
+                    parts.iter().map(piece).collect()
+                }
+                Some(_) => Err(bad(place, "Fn::Join takes [\"\", [parts]]")),
+                None => piece(v),
+            }
+        };
+        let Some(Value::Object(resources)) = top.get("Resources") else {
+            return Err(bad("Resources", "required, an object"));
+        };
+        let mut device_id = None;
+        let mut groups = Vec::new();
+        let mut attributes = Vec::new();
+        let mut policy = None;
+        for (id, resource) in resources {
+            let place = format!("Resources.{id}");
+            let props = resource
+                .get("Properties")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let unknown = |allowed: &[&str]| {
+                props
+                    .keys()
+                    .find(|k| !allowed.contains(&k.as_str()))
+                    .map(|k| bad(&format!("{place}.Properties.{k}"), "not supported"))
+            };
+            if let Some(Value::Object(extra)) = resource.get("OverrideSettings")
+                && !extra.is_empty()
+            {
+                return Err(bad(&format!("{place}.OverrideSettings"), "not supported"));
+            }
+            match resource.get("Type").and_then(Value::as_str) {
+                Some("AWS::IoT::Thing") => {
+                    if let Some(e) = unknown(&["ThingName", "ThingGroups", "AttributePayload"]) {
+                        return Err(e);
+                    }
+                    if device_id.is_some() {
+                        return Err(bad(&place, "a second AWS::IoT::Thing"));
+                    }
+                    let name = props
+                        .get("ThingName")
+                        .ok_or_else(|| bad(&place, "ThingName is required"))?;
+                    device_id = Some(pattern(&format!("{place}.Properties.ThingName"), name)?);
+                    if let Some(g) = props.get("ThingGroups") {
+                        let Value::Array(g) = g else {
+                            return Err(bad(
+                                &format!("{place}.Properties.ThingGroups"),
+                                "must be a list",
+                            ));
+                        };
+                        for group in g {
+                            let Some(group) = group.as_str() else {
+                                return Err(bad(
+                                    &format!("{place}.Properties.ThingGroups"),
+                                    "literal group names only",
+                                ));
+                            };
+                            groups.push(group.to_string());
+                        }
+                    }
+                    if let Some(a) = props.get("AttributePayload") {
+                        let Value::Object(a) = a else {
+                            return Err(bad(
+                                &format!("{place}.Properties.AttributePayload"),
+                                "must be an object",
+                            ));
+                        };
+                        for (k, v) in a {
+                            let p =
+                                reference(&format!("{place}.Properties.AttributePayload.{k}"), v)?;
+                            attributes.push((k.clone(), p));
+                        }
+                    }
+                }
+                Some("AWS::IoT::Certificate") => {
+                    if let Some(e) = unknown(&["CertificateId", "Status"]) {
+                        return Err(e);
+                    }
+                    let id_ok = props.get("CertificateId")
+                        == Some(&json!({"Ref": "AWS::IoT::Certificate::Id"}));
+                    if !id_ok {
+                        return Err(bad(
+                            &format!("{place}.Properties.CertificateId"),
+                            "must be {\"Ref\": \"AWS::IoT::Certificate::Id\"}",
+                        ));
+                    }
+                    match props.get("Status").and_then(Value::as_str) {
+                        None => {}
+                        Some(s) if s.eq_ignore_ascii_case("active") => {}
+                        Some(s) => {
+                            return Err(bad(
+                                &format!("{place}.Properties.Status"),
+                                &format!("{s:?}: only ACTIVE certificates are supported"),
+                            ));
+                        }
+                    }
+                }
+                Some("AWS::IoT::Policy") => {
+                    if let Some(e) = unknown(&["PolicyName"]) {
+                        return Err(e);
+                    }
+                    let name = props.get("PolicyName").and_then(Value::as_str).ok_or_else(|| {
+                        bad(&format!("{place}.Properties.PolicyName"), "a literal name of an existing policy is required (inline documents are not supported)")
+                    })?;
+                    if policy.replace(name.to_string()).is_some() {
+                        return Err(bad(&place, "a second AWS::IoT::Policy"));
+                    }
+                }
+                other => {
+                    return Err(bad(
+                        &format!("{place}.Type"),
+                        &format!("{other:?} is not supported"),
+                    ));
+                }
+            }
+        }
+        let device_id =
+            device_id.ok_or_else(|| bad("Resources", "an AWS::IoT::Thing is required"))?;
+        let mut template = ProvisioningTemplate::new(name, &device_id)?;
+        if let Some(p) = policy {
+            template = template.with_policy(&p);
+        }
+        for g in groups {
+            template = template.in_group(&g);
+        }
+        for (attribute, parameter) in attributes {
+            template = template.with_attribute_from(&attribute, &parameter);
+        }
+        if let Some(c) = top.get("DeviceConfiguration") {
+            let Value::Object(c) = c else {
+                return Err(bad("DeviceConfiguration", "must be an object"));
+            };
+            template = template.with_configuration(c.clone());
+        }
+        for other in top.keys() {
+            if ![
+                "Parameters",
+                "Resources",
+                "DeviceConfiguration",
+                "AWSTemplateFormatVersion",
+            ]
+            .contains(&other.as_str())
+            {
+                return Err(bad(other, "not supported"));
+            }
+        }
+        Ok(template)
+    }
+
     /// The device id for `parameters`.
     fn device_id_for(&self, parameters: &BTreeMap<String, String>) -> Result<String> {
         let mut out = String::new();
@@ -582,4 +800,80 @@ fn chain_pem(leaf: &Certificate, rest: &[Certificate]) -> String {
         pem.push_str(&c.to_pem());
     }
     pem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(thing: Value) -> Value {
+        json!({
+            "Parameters": {"SerialNumber": {"Type": "String"}, "Site": {"Type": "String"}},
+            "Resources": {
+                "thing": {"Type": "AWS::IoT::Thing", "Properties": thing},
+                "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+                    "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}},
+                "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "device"}}
+            },
+            "DeviceConfiguration": {"interval": "60"}
+        })
+    }
+
+    #[test]
+    fn aws_template_bodies_become_templates() {
+        let t = ProvisioningTemplate::from_aws_template_body(
+            "meters",
+            &body(json!({
+                "ThingName": {"Fn::Join": ["", ["meter-", {"Ref": "SerialNumber"}]]},
+                "ThingGroups": ["meters", "north"],
+                "AttributePayload": {"site": {"Ref": "Site"}}
+            })),
+        )
+        .unwrap();
+        assert_eq!(t.name(), "meters");
+        assert_eq!(t.device_id, "meter-{SerialNumber}");
+        assert_eq!(t.policy.as_deref(), Some("device"));
+        assert_eq!(t.groups, vec!["meters".to_string(), "north".to_string()]);
+        assert_eq!(t.attributes, vec![("site".to_string(), "Site".to_string())]);
+        assert_eq!(t.configuration["interval"], "60");
+        let params: BTreeMap<String, String> = [
+            ("SerialNumber".to_string(), "SN1".to_string()),
+            ("Site".to_string(), "n".to_string()),
+        ]
+        .into();
+        assert_eq!(t.device_id_for(&params).unwrap(), "meter-SN1");
+        // A bare Ref works too.
+        let t = ProvisioningTemplate::from_aws_template_body(
+            "by-serial",
+            &body(json!({"ThingName": {"Ref": "SerialNumber"}})),
+        )
+        .unwrap();
+        assert_eq!(t.device_id, "{SerialNumber}");
+    }
+
+    #[test]
+    fn what_the_hub_cannot_do_is_refused_naming_the_place() {
+        let field =
+            |thing: Value| match ProvisioningTemplate::from_aws_template_body("t", &body(thing)) {
+                Err(Error::InvalidInput { reason, .. }) => reason,
+                other => panic!("{other:?}"),
+            };
+        assert!(field(json!({"ThingName": "x", "ThingTypeName": "m"})).contains("ThingTypeName"));
+        assert!(field(json!({"ThingName": {"Ref": "Nope"}})).contains("not a declared parameter"));
+        assert!(
+            field(json!({"ThingName": {"Fn::Join": ["-", ["a", {"Ref": "Site"}]]}}))
+                .contains("separator")
+        );
+        assert!(field(json!({"ThingGroups": ["g"]})).contains("ThingName is required"));
+        assert!(
+            field(json!({"ThingName": "x", "AttributePayload": {"a": "literal"}}))
+                .contains("AttributePayload.a")
+        );
+        let no_thing = json!({"Resources": {}});
+        assert!(ProvisioningTemplate::from_aws_template_body("t", &no_thing).is_err());
+        let inline_policy = json!({"Resources": {
+            "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "x"}},
+            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyDocument": "{}"}}}});
+        assert!(ProvisioningTemplate::from_aws_template_body("t", &inline_policy).is_err());
+    }
 }

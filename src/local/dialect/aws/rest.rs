@@ -40,6 +40,7 @@
 //! | AttachPolicy | `PUT /target-policies/{policyName}` `{target}` | empty |
 //! | DetachPolicy | `POST /target-policies/{policyName}` `{target}` | empty |
 //! | DescribeEndpoint | `GET /endpoint?endpointType=` | `{endpointAddress}` |
+//! | CreateProvisioningTemplate | `POST /provisioning-templates` | `{templateArn, templateName, defaultVersionId}` |
 //!
 //! Timestamps are epoch seconds (REST-JSON's default). ARNs are
 //! `arn:aws:iot:<region>:<account>:thing/<name>` (`thinggroup/`, `cert/<id>`, `cacert/<id>`,
@@ -193,6 +194,7 @@ pub struct ControlPlaneOptions {
     account_id: String,
     credentials: Vec<AwsCredentials>,
     endpoint_address: Option<String>,
+    provisioning: Option<Arc<super::AwsHubDialect>>,
 }
 
 impl fmt::Debug for ControlPlaneOptions {
@@ -203,6 +205,7 @@ impl fmt::Debug for ControlPlaneOptions {
             .field("account_id", &self.account_id)
             .field("credentials", &self.credentials)
             .field("endpoint_address", &self.endpoint_address)
+            .field("provisioning", &self.provisioning.is_some())
             .finish()
     }
 }
@@ -223,6 +226,7 @@ impl ControlPlaneOptions {
             account_id: "123456789012".to_string(),
             credentials: Vec::new(),
             endpoint_address: None,
+            provisioning: None,
         }
     }
 
@@ -253,6 +257,16 @@ impl ControlPlaneOptions {
     /// What DescribeEndpoint answers (default `localhost`): the host devices connect to.
     pub fn endpoint_address(mut self, host: impl Into<String>) -> Self {
         self.endpoint_address = Some(host.into());
+        self
+    }
+
+    /// Serves CreateProvisioningTemplate into `dialect`'s fleet-provisioning service (the
+    /// hub's AWS dialect, shared with [`LocalHubBuilder::dialect_shared`]); without it that
+    /// operation is refused.
+    ///
+    /// [`LocalHubBuilder::dialect_shared`]: crate::local::LocalHubBuilder::dialect_shared
+    pub fn provisioning(mut self, dialect: Arc<super::AwsHubDialect>) -> Self {
+        self.provisioning = Some(dialect);
         self
     }
 
@@ -587,6 +601,7 @@ enum Op {
     AttachPolicy(String),
     DetachPolicy(String),
     DescribeEndpoint,
+    CreateProvisioningTemplate,
 }
 
 /// Finds the operation for a method and a raw (percent-encoded) path.
@@ -628,6 +643,7 @@ fn route(method: &str, raw_path: &str) -> Option<Op> {
         ("PUT", ["target-policies", _]) => Op::AttachPolicy(name(1)),
         ("POST", ["target-policies", _]) => Op::DetachPolicy(name(1)),
         ("GET", ["endpoint"]) => Op::DescribeEndpoint,
+        ("POST", ["provisioning-templates"]) => Op::CreateProvisioningTemplate,
         _ => return None,
     })
 }
@@ -727,6 +743,8 @@ struct GroupMeta {
 
 #[derive(Debug, Default)]
 struct PlaneState {
+    /// Provisioning templates created here.
+    templates: std::collections::BTreeSet<String>,
     certificates: HashMap<String, CertMeta>,
     cas: HashMap<String, CaMeta>,
     groups: BTreeMap<String, GroupMeta>,
@@ -740,6 +758,7 @@ struct ControlPlane {
     partition: &'static str,
     endpoint_address: String,
     registration_code: String,
+    provisioning: Option<Arc<super::AwsHubDialect>>,
     state: Mutex<PlaneState>,
 }
 
@@ -876,6 +895,18 @@ struct RegisterCaBody {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+struct TemplateBody {
+    template_name: Option<String>,
+    template_body: Option<String>,
+    provisioning_role_arn: Option<String>,
+    enabled: Option<bool>,
+    pre_provisioning_hook: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct PolicyBody {
     policy_document: Option<String>,
 }
@@ -914,6 +945,7 @@ impl ControlPlane {
                 .clone()
                 .unwrap_or_else(|| "localhost".to_string()),
             registration_code: crate::pki::hex_lower(&code),
+            provisioning: options.provisioning.clone(),
             state: Mutex::new(PlaneState::default()),
         })
     }
@@ -1027,7 +1059,59 @@ impl ControlPlane {
             Op::AttachPolicy(name) => self.attach_policy(st, &name, call, true),
             Op::DetachPolicy(name) => self.attach_policy(st, &name, call, false),
             Op::DescribeEndpoint => self.describe_endpoint(call),
+            Op::CreateProvisioningTemplate => self.create_provisioning_template(st, call),
         }
+    }
+
+    // --- Provisioning templates ---------------------------------------------------------------
+
+    fn create_provisioning_template(&self, st: &mut PlaneState, call: &Call) -> OpResult {
+        let Some(aws) = &self.provisioning else {
+            return Err(AwsError::invalid(
+                "this control plane serves no fleet provisioning (ControlPlaneOptions::provisioning)",
+            ));
+        };
+        let body: TemplateBody = call.json()?;
+        let name = required(&body.template_name, "templateName")?.to_string();
+        let text = required(&body.template_body, "templateBody")?;
+        required(&body.provisioning_role_arn, "provisioningRoleArn")?;
+        if body.pre_provisioning_hook.is_some() {
+            return Err(AwsError::invalid(
+                "preProvisioningHook: Lambda hooks cannot run on the hub (use \
+                 ProvisioningTemplate::with_hook in code)",
+            ));
+        }
+        if let Some(kind) = body.kind.as_deref()
+            && kind != "FLEET_PROVISIONING"
+        {
+            return Err(AwsError::invalid(format!(
+                "type {kind:?}: only FLEET_PROVISIONING templates are supported"
+            )));
+        }
+        if !body.enabled.unwrap_or(false) {
+            return Err(AwsError::invalid(
+                "a disabled template provisions nothing; the hub takes enabled templates only \
+                 (pass \"enabled\": true)",
+            ));
+        }
+        let arn = self.arn(&format!("provisioningtemplate/{name}"));
+        if st.templates.contains(&name) {
+            return Err(AwsError::exists(
+                format!("provisioning template {name} already exists"),
+                &name,
+                Some(arn),
+            ));
+        }
+        let parsed: Value = serde_json::from_str(text)
+            .map_err(|e| AwsError::invalid(format!("templateBody is not JSON: {e}")))?;
+        let template = super::super::ProvisioningTemplate::from_aws_template_body(&name, &parsed)?;
+        aws.provisioning().put_template(template);
+        st.templates.insert(name.clone());
+        Ok(Reply::Json(json!({
+            "templateArn": arn,
+            "templateName": name,
+            "defaultVersionId": 1,
+        })))
     }
 
     // --- Things ------------------------------------------------------------------------------
