@@ -4,6 +4,8 @@
 //! variables (as on AWS, where HTTPS has no client id).
 #![cfg(all(feature = "local", feature = "aws"))]
 
+mod support;
+
 use std::time::Duration;
 
 use fleetkit::Error;
@@ -145,13 +147,7 @@ async fn curl_publishes_like_the_aws_docs_show() {
     let mut cloud = hub.subscribe("dt/#").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("ca.pem"), hub.ca_certificate().to_pem()).unwrap();
-    std::fs::write(d.join("cert.pem"), cred.chain_pem()).unwrap();
-    let der = cred.signer().export_pkcs8_der().unwrap();
-    fleetkit::identity::SoftwareKey::from_pkcs8_der(&der)
-        .unwrap()
-        .write_pkcs8_pem(d.join("key.pem"))
-        .unwrap();
+    support::write_tls_files(d, &hub, &cred);
     let url = format!(
         "https://localhost:{}/topics/dt%2Fmeter-1%2Fcurl?qos=1",
         hub.https_addr().unwrap().port()

@@ -12,6 +12,8 @@
 //! SDK this test fails: it never skips silently.
 #![cfg(feature = "local")]
 
+mod support;
+
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
@@ -39,44 +41,31 @@ fn interpreter() -> String {
     python
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_python_sdk_shadow_flow() {
+/// Runs `script` (in `tests/python/`) for `thing` of `hub` with `cred`: one JSON step line
+/// per step on its stdout; when it prints the step `ready`, `on_ready` acts for the cloud
+/// side and the script is told to go on. Returns every step by name; panics with the
+/// script's stderr if it fails or takes over a minute.
+async fn run_sdk_script<F, Fut>(
+    script: &str,
+    hub: &LocalHub,
+    thing: &str,
+    cred: &fleetkit::identity::X509Credential,
+    on_ready: F,
+) -> HashMap<String, Value>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let python = interpreter();
-    let hub = LocalHub::builder()
-        .dialect(AwsHubDialect::new())
-        .start()
-        .await
-        .unwrap();
-    hub.put_policy("device", &builtin::aws_device()).unwrap();
-    hub.attach_policy("device", AttachTarget::Group("fleet".into()))
-        .unwrap();
-    hub.create_device(DeviceRecord::new(THING).in_group("fleet"))
-        .unwrap();
-    let cred = hub.issue_device_credential(THING).unwrap();
-    let mut presence = hub
-        .subscribe(&format!("$aws/events/presence/+/{THING}"))
-        .unwrap();
-    let mut events = hub.events();
-
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("ca.pem"), hub.ca_certificate().to_pem()).unwrap();
-    std::fs::write(d.join("cert.pem"), cred.chain_pem()).unwrap();
-    let der = cred.signer().export_pkcs8_der().unwrap();
-    fleetkit::identity::SoftwareKey::from_pkcs8_der(&der)
-        .unwrap()
-        .write_pkcs8_pem(d.join("key.pem"))
-        .unwrap();
-
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/aws_sdk_shadow.py"
-    );
+    support::write_tls_files(d, hub, cred);
+    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut child = tokio::process::Command::new(&python)
         .arg(script)
         .arg("localhost")
         .arg(hub.mqtt_addr().port().to_string())
-        .arg(THING)
+        .arg(thing)
         .arg(d.join("cert.pem"))
         .arg(d.join("key.pem"))
         .arg(d.join("ca.pem"))
@@ -89,17 +78,17 @@ async fn official_python_sdk_shadow_flow() {
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut steps: HashMap<String, Value> = HashMap::new();
+    let mut on_ready = Some(on_ready);
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             let v: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("not a JSON step line ({e}): {line}"));
             let step = v["step"].as_str().unwrap().to_string();
             assert_ne!(step, "error", "the SDK script failed: {v}");
-            if step == "ready" {
-                // The cloud side desires a new interval: the device hears a delta.
-                hub.update_desired(THING, json!({"interval": 30}), None)
-                    .await
-                    .unwrap();
+            if step == "ready"
+                && let Some(act) = on_ready.take()
+            {
+                act().await;
                 stdin.write_all(b"go\n").await.unwrap();
                 stdin.flush().await.unwrap();
             }
@@ -116,6 +105,34 @@ async fn official_python_sdk_shadow_flow() {
         }
         panic!("the SDK script did not finish: {status:?}\nsteps: {steps:?}\nstderr:\n{err}");
     }
+    assert!(steps.contains_key("done"), "missing step done: {steps:?}");
+    steps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_sdk_shadow_flow() {
+    let hub = LocalHub::builder()
+        .dialect(AwsHubDialect::new())
+        .start()
+        .await
+        .unwrap();
+    hub.put_policy("device", &builtin::aws_device()).unwrap();
+    hub.attach_policy("device", AttachTarget::Group("fleet".into()))
+        .unwrap();
+    hub.create_device(DeviceRecord::new(THING).in_group("fleet"))
+        .unwrap();
+    let cred = hub.issue_device_credential(THING).unwrap();
+    let mut presence = hub
+        .subscribe(&format!("$aws/events/presence/+/{THING}"))
+        .unwrap();
+    let mut events = hub.events();
+    let steps = run_sdk_script("aws_sdk_shadow.py", &hub, THING, &cred, || async {
+        // The cloud side desires a new interval: the device hears a delta.
+        hub.update_desired(THING, json!({"interval": 30}), None)
+            .await
+            .unwrap();
+    })
+    .await;
     for step in ["connected", "subscribed", "done"] {
         assert!(steps.contains_key(step), "missing step {step}: {steps:?}");
     }
@@ -203,7 +220,6 @@ async fn official_python_sdk_shadow_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_jobs_flow() {
     use fleetkit::local::dialect::aws::jobs::{JobSpec, JobStatus};
-    let python = interpreter();
     let aws = std::sync::Arc::new(AwsHubDialect::new());
     let hub = LocalHub::builder()
         .dialect_shared(aws.clone())
@@ -217,62 +233,15 @@ async fn official_python_sdk_jobs_flow() {
     hub.create_device(DeviceRecord::new(thing).in_group("fleet"))
         .unwrap();
     let cred = hub.issue_device_credential(thing).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(d.join("ca.pem"), hub.ca_certificate().to_pem()).unwrap();
-    std::fs::write(d.join("cert.pem"), cred.chain_pem()).unwrap();
-    let der = cred.signer().export_pkcs8_der().unwrap();
-    fleetkit::identity::SoftwareKey::from_pkcs8_der(&der)
-        .unwrap()
-        .write_pkcs8_pem(d.join("key.pem"))
+    let steps = run_sdk_script("aws_sdk_jobs.py", &hub, thing, &cred, || async {
+        aws.create_job(JobSpec::new(
+            "firmware-7",
+            json!({"operation": "update", "url": "https://example.com/fw-7.bin"}),
+            vec![thing.to_string()],
+        ))
         .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/aws_sdk_jobs.py");
-    let mut child = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg("localhost")
-        .arg(hub.mqtt_addr().port().to_string())
-        .arg(thing)
-        .arg(d.join("cert.pem"))
-        .arg(d.join("key.pem"))
-        .arg(d.join("ca.pem"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut steps: HashMap<String, Value> = HashMap::new();
-    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("not a JSON step line ({e}): {line}"));
-            let step = v["step"].as_str().unwrap().to_string();
-            assert_ne!(step, "error", "the SDK script failed: {v}");
-            if step == "ready" {
-                aws.create_job(JobSpec::new(
-                    "firmware-7",
-                    json!({"operation": "update", "url": "https://example.com/fw-7.bin"}),
-                    vec![thing.to_string()],
-                ))
-                .unwrap();
-                stdin.write_all(b"go\n").await.unwrap();
-                stdin.flush().await.unwrap();
-            }
-            steps.insert(step, v);
-        }
     })
     .await;
-    let status = child.wait().await.unwrap();
-    if outcome.is_err() || !status.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use tokio::io::AsyncReadExt as _;
-            let _ = e.read_to_string(&mut err).await;
-        }
-        panic!("the SDK script did not finish: {status:?}\nsteps: {steps:?}\nstderr:\n{err}");
-    }
     assert_eq!(steps["notify_next"]["job_id"], "firmware-7");
     assert_eq!(steps["notify_next"]["status"], "QUEUED");
     assert_eq!(steps["started"]["job_id"], "firmware-7");

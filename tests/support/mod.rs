@@ -56,3 +56,15 @@ pub fn client_config(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
+
+/// Writes `hub`'s CA (`ca.pem`), `cred`'s chain (`cert.pem`) and its key (`key.pem`, PKCS#8)
+/// into `dir`, for peers that read files (curl, the AWS SDKs, mosquitto clients).
+pub fn write_tls_files(dir: &std::path::Path, hub: &LocalHub, cred: &X509Credential) {
+    std::fs::write(dir.join("ca.pem"), hub.ca_certificate().to_pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cred.chain_pem()).unwrap();
+    let der = cred.signer().export_pkcs8_der().unwrap();
+    fleetkit::identity::SoftwareKey::from_pkcs8_der(&der)
+        .unwrap()
+        .write_pkcs8_pem(dir.join("key.pem"))
+        .unwrap();
+}
